@@ -1,0 +1,40 @@
+//! The metadata store: repositories, blobs and their links to repositories, manifests and what
+//! they reference, tags, and upload sessions.
+//!
+//! One code path serves SQLite (the embedded default) and PostgreSQL (scale-out), through sqlx's
+//! `Any` driver; only the schema text differs per backend (see `schema`). This crate knows
+//! nothing about HTTP or blob bytes: it records facts about content, never the content itself
+//! (except manifest documents, which are small and served straight from here).
+//!
+//! On SQLite all writes go through one connection, so write transactions never meet
+//! `SQLITE_BUSY`; reads use a separate pool and, in WAL mode, never wait for writes.
+
+mod schema;
+mod store;
+pub mod testsuite;
+
+pub use store::{
+    MetaStore, NewManifest, Referrer, StoredManifest, TagPage, UploadSession, UploadUpdate,
+};
+
+/// Why a metadata operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// A manifest references a blob that is not linked to its repository.
+    #[error("blob {0} is not in this repository")]
+    MissingBlob(String),
+    /// An index references a manifest that is not in its repository.
+    #[error("manifest {0} is not in this repository")]
+    MissingManifest(String),
+    /// An upload session was changed by another request since it was read.
+    #[error("upload session changed concurrently")]
+    Conflict,
+    /// The database could not be reached or answered with an error.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The database holds something this version cannot read.
+    #[error("corrupt metadata: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = MetaError> = std::result::Result<T, E>;

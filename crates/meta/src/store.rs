@@ -1,0 +1,565 @@
+//! `MetaStore`: every query berth runs against its metadata database.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use oci::{Digest, RepoName, Tag, UploadId};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use futures::future::BoxFuture;
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+
+use crate::schema::{self, Dialect};
+use crate::{MetaError, Result};
+
+/// The metadata database.
+#[derive(Debug, Clone)]
+pub struct MetaStore {
+    /// Pool for reads.
+    read: AnyPool,
+    /// Pool for writes. For SQLite it has one connection, which serializes writers in-process
+    /// (SQLite allows one writer at a time anyway, and waiting in the pool is cheaper and fairer
+    /// than retrying `SQLITE_BUSY`). For PostgreSQL it is the same pool as `read`.
+    write: AnyPool,
+    dialect: Dialect,
+}
+
+/// A manifest as stored.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub content: Vec<u8>,
+}
+
+/// A manifest to record, with what it references.
+#[derive(Debug, Clone)]
+pub struct NewManifest<'a> {
+    pub digest: &'a Digest,
+    pub media_type: &'a str,
+    pub content: &'a [u8],
+    pub artifact_type: Option<&'a str>,
+    pub subject: Option<&'a Digest>,
+    /// JSON object text of the manifest's annotations.
+    pub annotations: Option<String>,
+    /// Blobs that must be linked to the repository (config, layers).
+    pub blobs: Vec<&'a Digest>,
+    /// Manifests that must be in the repository (index children).
+    pub children: Vec<&'a Digest>,
+}
+
+/// One entry of a referrers listing.
+#[derive(Debug, Clone)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    /// JSON object text.
+    pub annotations: Option<String>,
+}
+
+/// An upload session.
+#[derive(Debug, Clone)]
+pub struct UploadSession {
+    pub id: UploadId,
+    pub repository: RepoName,
+    /// Bytes accepted so far.
+    pub offset: u64,
+    /// Saved sha256 state of the bytes accepted so far.
+    pub hash_state: Vec<u8>,
+    /// Opaque blob-store state (multipart ids and the like).
+    pub driver_state: Vec<u8>,
+    pub updated_at: SystemTime,
+}
+
+/// A change to an upload session after a chunk was stored.
+#[derive(Debug, Clone)]
+pub struct UploadUpdate<'a> {
+    pub id: &'a UploadId,
+    /// The offset the chunk was written at; the update only applies if the session is still
+    /// there, so two requests racing on one session cannot both succeed.
+    pub expected_offset: u64,
+    pub offset: u64,
+    pub hash_state: &'a [u8],
+    pub driver_state: &'a [u8],
+}
+
+/// A page of a name listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagPage {
+    pub names: Vec<String>,
+    /// Whether names after the last one exist.
+    pub more: bool,
+}
+
+fn now_ms() -> i64 {
+    ms(SystemTime::now())
+}
+
+fn ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn parse<T: FromStr>(row: &AnyRow, col: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let s: String = row.try_get(col)?;
+    s.parse().map_err(|e| MetaError::Corrupt(format!("{col} {s:?}: {e}")))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(row: &AnyRow, col: &str) -> Result<u64> {
+    let n: i64 = row.try_get(col)?;
+    u64::try_from(n).map_err(|_| MetaError::Corrupt(format!("{col} is negative")))
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+impl MetaStore {
+    /// Open (creating if needed) the SQLite database at `path` and bring its schema up to date.
+    pub async fn open_sqlite(path: &Path, synchronous_full: bool) -> Result<MetaStore> {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let sync = if synchronous_full { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
+        let setup = |read_only: bool| sqlite_setup(read_only, sync);
+        let write = AnyPoolOptions::new().max_connections(1).min_connections(1).after_connect(setup(false)).connect(&url).await?;
+        let store = MetaStore { read: write.clone(), write, dialect: Dialect::Sqlite };
+        store.migrate().await?;
+        let read = AnyPoolOptions::new().max_connections(8).after_connect(setup(true)).connect(&url).await?;
+        Ok(MetaStore { read, ..store })
+    }
+
+    /// Connect to PostgreSQL at `url` and bring its schema up to date.
+    pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<MetaStore> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new().max_connections(max_connections).connect(url).await?;
+        let store = MetaStore { read: pool.clone(), write: pool, dialect: Dialect::Postgres };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Apply the migrations the database has not seen, each in its own transaction.
+    pub async fn migrate(&self) -> Result<()> {
+        self.write.execute("CREATE TABLE IF NOT EXISTS berth_schema (version BIGINT NOT NULL)").await?;
+        loop {
+            let mut tx = self.write.begin().await?;
+            if self.dialect == Dialect::Postgres {
+                // Nodes starting together must not run one migration twice.
+                tx.execute("LOCK TABLE berth_schema IN EXCLUSIVE MODE").await?;
+            }
+            let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM berth_schema").fetch_one(&mut *tx).await?;
+            let version = usize::try_from(row.try_get::<i64, _>("v")?).unwrap_or(0);
+            if version >= schema::count() {
+                tx.commit().await?;
+                return Ok(());
+            }
+            for stmt in schema::statements(self.dialect, version) {
+                tx.execute(AssertSqlSafe(stmt)).await?;
+            }
+            sqlx::query("INSERT INTO berth_schema (version) VALUES ($1)").bind(to_i64(version as u64 + 1)).execute(&mut *tx).await?;
+            tx.commit().await?;
+            tracing::info!(version = version + 1, "applied metadata migration");
+        }
+    }
+
+    /// Check the database answers (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").fetch_one(&self.read).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    async fn ensure_repo(tx: &mut Tx, repo: &RepoName) -> Result<i64> {
+        sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(repo.as_str())
+            .bind(now_ms())
+            .execute(&mut **tx)
+            .await?;
+        let row = sqlx::query("SELECT id FROM repositories WHERE name = $1").bind(repo.as_str()).fetch_one(&mut **tx).await?;
+        Ok(row.try_get("id")?)
+    }
+
+    async fn repo_id(&self, repo: &RepoName) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT id FROM repositories WHERE name = $1").bind(repo.as_str()).fetch_optional(&self.read).await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
+    }
+
+    // ---- blobs ----
+
+    /// Size of `digest` if it is linked to `repo`.
+    pub async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT b.size FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+             JOIN blobs b ON b.digest = rb.digest WHERE r.name = $1 AND rb.digest = $2",
+        )
+        .bind(repo.as_str())
+        .bind(digest.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| to_u64(&r, "size")).transpose()
+    }
+
+    /// Size of `digest` if any repository holds it.
+    pub async fn blob_anywhere(&self, digest: &Digest) -> Result<Option<u64>> {
+        let row = sqlx::query("SELECT size FROM blobs WHERE digest = $1").bind(digest.as_str()).fetch_optional(&self.read).await?;
+        row.map(|r| to_u64(&r, "size")).transpose()
+    }
+
+    /// Record a stored blob and link it to `repo`, creating the repository if needed. When an
+    /// upload session is given it is removed in the same transaction.
+    pub async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64, finished_upload: Option<&UploadId>) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let repo_id = Self::ensure_repo(&mut tx, repo).await?;
+        let now = now_ms();
+        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(digest.as_str())
+            .bind(to_i64(size))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(repo_id)
+            .bind(digest.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(id) = finished_upload {
+            sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Link a blob some repository already holds to `repo` (a cross-repository mount).
+    /// Returns its size, or `None` if the blob is not known (or not in `from`, when given).
+    pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Option<u64>> {
+        let size = match from {
+            Some(from) => self.blob_in_repo(from, digest).await?,
+            None => self.blob_anywhere(digest).await?,
+        };
+        let Some(size) = size else { return Ok(None) };
+        self.link_blob(repo, digest, size, None).await?;
+        Ok(Some(size))
+    }
+
+    /// Remove the link between `repo` and `digest`. Returns whether there was one.
+    pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM repository_blobs WHERE digest = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)")
+            .bind(repo.as_str())
+            .bind(digest.as_str())
+            .execute(&self.write)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // ---- manifests and tags ----
+
+    /// Record a manifest in `repo` and point `tags` at it, in one transaction. Fails with
+    /// `MissingBlob`/`MissingManifest` (and changes nothing) when a reference is absent.
+    pub async fn put_manifest(&self, repo: &RepoName, m: &NewManifest<'_>, tags: &[Tag]) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let repo_id = Self::ensure_repo(&mut tx, repo).await?;
+        for blob in &m.blobs {
+            let found = sqlx::query("SELECT 1 AS x FROM repository_blobs WHERE repository_id = $1 AND digest = $2")
+                .bind(repo_id)
+                .bind(blob.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if found.is_none() {
+                return Err(MetaError::MissingBlob(blob.to_string()));
+            }
+        }
+        for child in &m.children {
+            let found = sqlx::query("SELECT 1 AS x FROM manifests WHERE repository_id = $1 AND digest = $2")
+                .bind(repo_id)
+                .bind(child.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if found.is_none() {
+                return Err(MetaError::MissingManifest(child.to_string()));
+            }
+        }
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, content, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (repository_id, digest) DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(m.digest.as_str())
+        .bind(m.media_type)
+        .bind(m.artifact_type)
+        .bind(m.subject.map(Digest::as_str))
+        .bind(m.annotations.as_deref())
+        .bind(m.content)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            for blob in &m.blobs {
+                sqlx::query("INSERT INTO manifest_blobs (repository_id, manifest_digest, blob_digest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .bind(repo_id)
+                    .bind(m.digest.as_str())
+                    .bind(blob.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for child in &m.children {
+                sqlx::query("INSERT INTO manifest_children (repository_id, parent_digest, child_digest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .bind(repo_id)
+                    .bind(m.digest.as_str())
+                    .bind(child.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        for tag in tags {
+            sqlx::query(
+                "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repository_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
+            )
+            .bind(repo_id)
+            .bind(tag.as_str())
+            .bind(m.digest.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn manifest_from_row(row: &AnyRow) -> Result<StoredManifest> {
+        Ok(StoredManifest { digest: parse(row, "digest")?, media_type: row.try_get("media_type")?, content: row.try_get("content")? })
+    }
+
+    pub async fn manifest_by_digest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query(
+            "SELECT m.digest, m.media_type, m.content FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.name = $1 AND m.digest = $2",
+        )
+        .bind(repo.as_str())
+        .bind(digest.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(Self::manifest_from_row).transpose()
+    }
+
+    pub async fn manifest_by_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query(
+            "SELECT m.digest, m.media_type, m.content FROM tags t JOIN repositories r ON r.id = t.repository_id \
+             JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest \
+             WHERE r.name = $1 AND t.name = $2",
+        )
+        .bind(repo.as_str())
+        .bind(tag.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(Self::manifest_from_row).transpose()
+    }
+
+    /// Delete a manifest and every tag pointing at it. Returns whether it existed.
+    pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let Some(repo_id) = self.repo_id(repo).await? else { return Ok(false) };
+        let mut tx = self.write.begin().await?;
+        let deleted = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
+            .bind(repo_id)
+            .bind(digest.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        for stmt in [
+            "DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2",
+            "DELETE FROM manifest_blobs WHERE repository_id = $1 AND manifest_digest = $2",
+            "DELETE FROM manifest_children WHERE repository_id = $1 AND parent_digest = $2",
+        ] {
+            sqlx::query(stmt).bind(repo_id).bind(digest.as_str()).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    /// Delete one tag. Returns whether it existed.
+    pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)")
+            .bind(repo.as_str())
+            .bind(tag.as_str())
+            .execute(&self.write)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Tags of `repo` after `last`, in byte order, at most `limit`. `None` if the repository
+    /// does not exist.
+    pub async fn list_tags(&self, repo: &RepoName, last: Option<&str>, limit: u32) -> Result<Option<TagPage>> {
+        let Some(repo_id) = self.repo_id(repo).await? else { return Ok(None) };
+        let rows = sqlx::query("SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3")
+            .bind(repo_id)
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.read)
+            .await?;
+        Ok(Some(page(&rows, limit)?))
+    }
+
+    /// Repository names after `last`, in byte order, at most `limit`. Keyset pagination on the
+    /// unique index: every page costs the same however deep the walk.
+    pub async fn list_repositories(&self, last: Option<&str>, limit: u32) -> Result<TagPage> {
+        let rows = sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
+            .bind(last.unwrap_or(""))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.read)
+            .await?;
+        page(&rows, limit)
+    }
+
+    /// Manifests in `repo` whose subject is `subject`, optionally only those of `artifact_type`.
+    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.media_type, LENGTH(m.content) AS size, m.artifact_type, m.annotations \
+             FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.name = $1 AND m.subject = $2 AND ($3 = '' OR m.artifact_type = $3) ORDER BY m.digest",
+        )
+        .bind(repo.as_str())
+        .bind(subject.as_str())
+        .bind(artifact_type.unwrap_or(""))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Referrer {
+                    digest: parse(r, "digest")?,
+                    media_type: r.try_get("media_type")?,
+                    size: to_u64(r, "size")?,
+                    artifact_type: r.try_get("artifact_type")?,
+                    annotations: r.try_get("annotations")?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- upload sessions ----
+
+    pub async fn create_upload(&self, id: &UploadId, repo: &RepoName, hash_state: &[u8]) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO uploads (id, repository, byte_offset, hash_state, driver_state, created_at, updated_at) VALUES ($1, $2, 0, $3, $4, $5, $5)",
+        )
+        .bind(id.as_str())
+        .bind(repo.as_str())
+        .bind(hash_state)
+        .bind(&[][..])
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn upload(&self, id: &UploadId) -> Result<Option<UploadSession>> {
+        let row = sqlx::query("SELECT id, repository, byte_offset, hash_state, driver_state, updated_at FROM uploads WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.write)
+            .await?;
+        row.as_ref().map(upload_from_row).transpose()
+    }
+
+    /// Record a stored chunk. Fails with `Conflict` if the session moved or vanished meanwhile.
+    pub async fn update_upload(&self, u: &UploadUpdate<'_>) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE uploads SET byte_offset = $2, hash_state = $3, driver_state = $4, updated_at = $5 WHERE id = $1 AND byte_offset = $6",
+        )
+        .bind(u.id.as_str())
+        .bind(to_i64(u.offset))
+        .bind(u.hash_state)
+        .bind(u.driver_state)
+        .bind(now_ms())
+        .bind(to_i64(u.expected_offset))
+        .execute(&self.write)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(MetaError::Conflict);
+        }
+        Ok(())
+    }
+
+    pub async fn delete_upload(&self, id: &UploadId) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id.as_str()).execute(&self.write).await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Sessions untouched for longer than `idle`.
+    pub async fn expired_uploads(&self, idle: Duration) -> Result<Vec<UploadSession>> {
+        let cutoff = ms(SystemTime::now() - idle);
+        let rows = sqlx::query(
+            "SELECT id, repository, byte_offset, hash_state, driver_state, updated_at FROM uploads WHERE updated_at < $1 ORDER BY updated_at LIMIT 1000",
+        )
+        .bind(cutoff)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(upload_from_row).collect()
+    }
+
+    /// Which of `ids` have a session.
+    pub async fn upload_exists(&self, id: &UploadId) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS x FROM uploads WHERE id = $1").bind(id.as_str()).fetch_optional(&self.read).await?;
+        Ok(row.is_some())
+    }
+
+    // ---- consistency checks (tests, fsck) ----
+
+    /// Every blob digest recorded, with its size.
+    pub async fn all_blobs(&self) -> Result<Vec<(Digest, u64)>> {
+        let rows = sqlx::query("SELECT digest, size FROM blobs ORDER BY digest").fetch_all(&self.read).await?;
+        rows.iter().map(|r| Ok((parse(r, "digest")?, to_u64(r, "size")?))).collect()
+    }
+}
+
+fn page(rows: &[AnyRow], limit: u32) -> Result<TagPage> {
+    let mut names = rows.iter().map(|r| r.try_get::<String, _>("name")).collect::<Result<Vec<_>, _>>()?;
+    let more = names.len() > limit as usize;
+    names.truncate(limit as usize);
+    Ok(TagPage { names, more })
+}
+
+fn upload_from_row(r: &AnyRow) -> Result<UploadSession> {
+    let updated: i64 = r.try_get("updated_at")?;
+    Ok(UploadSession {
+        id: parse(r, "id")?,
+        repository: parse(r, "repository")?,
+        offset: to_u64(r, "byte_offset")?,
+        hash_state: r.try_get("hash_state")?,
+        driver_state: r.try_get("driver_state")?,
+        updated_at: UNIX_EPOCH + Duration::from_millis(u64::try_from(updated).unwrap_or(0)),
+    })
+}
+
+/// Per-connection SQLite settings.
+fn sqlite_setup(
+    read_only: bool,
+    synchronous: &'static str,
+) -> impl for<'c> Fn(&'c mut sqlx::AnyConnection, sqlx::pool::PoolConnectionMetadata) -> BoxFuture<'c, Result<(), sqlx::Error>> + Send + Sync + 'static
+{
+    move |conn, _meta| {
+        Box::pin(async move {
+            // WAL: readers never block the writer nor each other. busy_timeout covers the
+            // checkpointer and other processes (berth CLI commands) sharing the file.
+            conn.execute("PRAGMA journal_mode = WAL").await?;
+            conn.execute(synchronous).await?;
+            conn.execute("PRAGMA busy_timeout = 10000").await?;
+            conn.execute("PRAGMA foreign_keys = ON").await?;
+            if read_only {
+                conn.execute("PRAGMA query_only = ON").await?;
+            }
+            Ok(())
+        })
+    }
+}

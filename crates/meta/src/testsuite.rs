@@ -1,0 +1,140 @@
+//! The behaviour every metadata backend must show. Each backend's tests call [`run`] on a fresh,
+//! empty database.
+
+use oci::{Digest, RepoName, Tag, UploadId};
+
+use crate::{MetaError, MetaStore, NewManifest, TagPage, UploadUpdate};
+
+fn repo(s: &str) -> RepoName {
+    s.parse().expect("valid name")
+}
+
+fn tag(s: &str) -> Tag {
+    s.parse().expect("valid tag")
+}
+
+/// Run every check, panicking on the first failure.
+pub async fn run(m: &MetaStore) {
+    let a = repo("team/a");
+    let b = repo("team/b");
+    let layer = Digest::sha256_of(b"layer");
+    let config = Digest::sha256_of(b"config");
+
+    // Blobs are served only where linked; a mount links without copying.
+    assert_eq!(m.blob_in_repo(&a, &layer).await.expect("q"), None);
+    m.link_blob(&a, &layer, 5, None).await.expect("link");
+    m.link_blob(&a, &layer, 5, None).await.expect("link twice");
+    m.link_blob(&a, &config, 6, None).await.expect("link");
+    assert_eq!(m.blob_in_repo(&a, &layer).await.expect("q"), Some(5));
+    assert_eq!(m.blob_in_repo(&b, &layer).await.expect("q"), None);
+    assert_eq!(m.mount_blob(&b, &layer, Some(&repo("none"))).await.expect("mount"), None);
+    assert_eq!(m.mount_blob(&b, &layer, Some(&a)).await.expect("mount"), Some(5));
+    assert_eq!(m.blob_in_repo(&b, &layer).await.expect("q"), Some(5));
+    assert!(m.unlink_blob(&b, &layer).await.expect("unlink"));
+    assert!(!m.unlink_blob(&b, &layer).await.expect("unlink"));
+    assert_eq!(m.blob_anywhere(&layer).await.expect("q"), Some(5));
+
+    // Manifests check their references in the same transaction.
+    let body = br#"{"manifest":1}"#;
+    let digest = Digest::sha256_of(body);
+    let missing = Digest::sha256_of(b"missing");
+    let subject = Digest::sha256_of(b"subject");
+    let mut nm = NewManifest {
+        digest: &digest,
+        media_type: oci::media::OCI_MANIFEST,
+        content: body,
+        artifact_type: Some("application/x.test"),
+        subject: Some(&subject),
+        annotations: Some(r#"{"k":"v"}"#.into()),
+        blobs: vec![&config, &layer, &missing],
+        children: vec![],
+    };
+    assert!(matches!(m.put_manifest(&a, &nm, &[tag("v1")]).await, Err(MetaError::MissingBlob(d)) if d == missing.as_str()));
+    assert!(m.manifest_by_tag(&a, &tag("v1")).await.expect("q").is_none());
+    nm.blobs.pop();
+    m.put_manifest(&a, &nm, &[tag("v1"), tag("latest")]).await.expect("put");
+    m.put_manifest(&a, &nm, &[tag("v1")]).await.expect("put again");
+    let got = m.manifest_by_tag(&a, &tag("latest")).await.expect("q").expect("found");
+    assert_eq!(got.digest, digest);
+    assert_eq!(got.content, body);
+    assert_eq!(got.media_type, oci::media::OCI_MANIFEST);
+    assert!(m.manifest_by_digest(&a, &digest).await.expect("q").is_some());
+    assert!(m.manifest_by_digest(&b, &digest).await.expect("q").is_none());
+
+    // Index children must be present.
+    let index_body = br#"{"index":1}"#;
+    let index = Digest::sha256_of(index_body);
+    let mut ni = NewManifest {
+        digest: &index,
+        media_type: oci::media::OCI_INDEX,
+        content: index_body,
+        artifact_type: None,
+        subject: None,
+        annotations: None,
+        blobs: vec![],
+        children: vec![&digest, &missing],
+    };
+    assert!(matches!(m.put_manifest(&a, &ni, &[]).await, Err(MetaError::MissingManifest(_))));
+    ni.children.pop();
+    m.put_manifest(&a, &ni, &[tag("multi")]).await.expect("put index");
+
+    // Referrers, with and without a filter.
+    let refs = m.referrers(&a, &subject, None).await.expect("referrers");
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].digest, digest);
+    assert_eq!(refs[0].size, body.len() as u64);
+    assert_eq!(refs[0].artifact_type.as_deref(), Some("application/x.test"));
+    assert_eq!(refs[0].annotations.as_deref(), Some(r#"{"k":"v"}"#));
+    assert_eq!(m.referrers(&a, &subject, Some("application/x.test")).await.expect("q").len(), 1);
+    assert!(m.referrers(&a, &subject, Some("application/other")).await.expect("q").is_empty());
+    assert!(m.referrers(&b, &subject, None).await.expect("q").is_empty());
+
+    // Tags: byte order, keyset pages; the last write wins.
+    for t in ["b", "A", "a", "c-1", "c_1", "Z"] {
+        m.put_manifest(&a, &nm, &[tag(t)]).await.expect("tag");
+    }
+    let all = m.list_tags(&a, None, 100).await.expect("q").expect("repo");
+    assert_eq!(all.names, ["A", "Z", "a", "b", "c-1", "c_1", "latest", "multi", "v1"]);
+    assert!(!all.more);
+    let p1 = m.list_tags(&a, None, 3).await.expect("q").expect("repo");
+    assert_eq!(p1, TagPage { names: vec!["A".into(), "Z".into(), "a".into()], more: true });
+    let p2 = m.list_tags(&a, Some("a"), 100).await.expect("q").expect("repo");
+    assert_eq!(p2.names.first().map(String::as_str), Some("b"));
+    assert!(m.list_tags(&repo("nope"), None, 10).await.expect("q").is_none());
+    m.put_manifest(&a, &ni, &[tag("v1")]).await.expect("move tag");
+    assert_eq!(m.manifest_by_tag(&a, &tag("v1")).await.expect("q").expect("found").digest, index);
+
+    // Deleting a tag leaves the manifest; deleting a manifest takes its tags.
+    assert!(m.delete_tag(&a, &tag("v1")).await.expect("delete tag"));
+    assert!(!m.delete_tag(&a, &tag("v1")).await.expect("delete tag"));
+    assert!(m.manifest_by_digest(&a, &index).await.expect("q").is_some());
+    assert!(m.delete_manifest(&a, &digest).await.expect("delete"));
+    assert!(!m.delete_manifest(&a, &digest).await.expect("delete"));
+    assert!(m.manifest_by_tag(&a, &tag("latest")).await.expect("q").is_none());
+    assert_eq!(m.list_tags(&a, None, 100).await.expect("q").expect("repo").names, ["multi"]);
+
+    // Catalog pages.
+    let repos = m.list_repositories(None, 100).await.expect("q");
+    assert_eq!(repos.names, ["team/a", "team/b"]);
+    let repos = m.list_repositories(Some("team/a"), 1).await.expect("q");
+    assert_eq!(repos, TagPage { names: vec!["team/b".into()], more: false });
+
+    // Upload sessions: compare-and-set on the offset.
+    let id: UploadId = "0123456789abcdef0123456789abcdef".parse().expect("id");
+    m.create_upload(&id, &a, b"state0").await.expect("create");
+    let s = m.upload(&id).await.expect("q").expect("session");
+    assert_eq!((s.offset, s.hash_state.as_slice(), s.repository.as_str()), (0, &b"state0"[..], "team/a"));
+    let up = UploadUpdate { id: &id, expected_offset: 0, offset: 10, hash_state: b"state1", driver_state: b"drv" };
+    m.update_upload(&up).await.expect("update");
+    assert!(matches!(m.update_upload(&up).await, Err(MetaError::Conflict)));
+    let s = m.upload(&id).await.expect("q").expect("session");
+    assert_eq!((s.offset, s.driver_state.as_slice()), (10, &b"drv"[..]));
+    assert!(m.expired_uploads(std::time::Duration::from_secs(3600)).await.expect("q").is_empty());
+    assert!(m.upload_exists(&id).await.expect("q"));
+    let blob = Digest::sha256_of(b"uploaded");
+    m.link_blob(&a, &blob, 8, Some(&id)).await.expect("finish");
+    assert!(m.upload(&id).await.expect("q").is_none());
+    assert!(!m.delete_upload(&id).await.expect("delete"));
+    assert!(m.all_blobs().await.expect("q").iter().any(|(d, s)| *d == blob && *s == 8));
+    m.ping().await.expect("ping");
+}
