@@ -1,0 +1,388 @@
+//! Configuration, in two stages (ripgrep's `LowArgs` → `HiArgs`):
+//!
+//! 1. [`RawConfig`]: exactly what the YAML file says, with every key optional and unknown keys
+//!    rejected. Sources are layered: the file, then `BERTH_*` environment variables, then
+//!    command-line flags.
+//! 2. [`Config`]: validated and resolved (defaults filled in, paths derived from `data_dir`,
+//!    durations and sizes parsed). Nothing downstream sees the raw form.
+//!
+//! Environment mapping rule: a key path becomes `BERTH_` followed by its segments upper-cased and
+//! joined by a double underscore, because keys themselves contain single underscores:
+//! `http.addr` → `BERTH_HTTP__ADDR`, `storage.delete.enabled` → `BERTH_STORAGE__DELETE__ENABLED`,
+//! `data_dir` → `BERTH_DATA_DIR`. Values are read as YAML scalars (`true`, `42`, `24h`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The file's shape. Every field is optional; defaults are applied in [`RawConfig::resolve`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Directory for everything berth stores on the embedded default.
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
+    pub database: RawDatabase,
+    #[serde(default)]
+    pub uploads: RawUploads,
+    #[serde(default)]
+    pub manifests: RawManifests,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub addr: Option<String>,
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    #[serde(default)]
+    pub filesystem: RawFilesystem,
+    #[serde(default)]
+    pub delete: RawDelete,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilesystem {
+    pub root: Option<PathBuf>,
+    pub fsync: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelete {
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    #[serde(default)]
+    pub sqlite: RawSqlite,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqlite {
+    pub path: Option<PathBuf>,
+    pub synchronous: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUploads {
+    pub expiry: Option<String>,
+    pub sweep_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManifests {
+    pub max_size: Option<Value>,
+    pub cache_size: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub data_dir: PathBuf,
+    pub blob_root: PathBuf,
+    pub fsync: bool,
+    pub sqlite_path: PathBuf,
+    pub sqlite_full_sync: bool,
+    pub registry: registry::RegistryConfig,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+/// A configuration error, naming the key path.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+fn err(path: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { path: path.to_owned(), message: message.into() }
+}
+
+/// Parse `30s`, `10m`, `24h`, `7d`, `500ms` (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// Parse a size: a number of bytes, or `512KiB`, `4MiB`, `1GiB`, `10MB`.
+pub fn parse_size(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let s = v.as_str()?.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Read a YAML file into a tree (an empty file is an empty config).
+pub fn read_file(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| err(&path.display().to_string(), e.to_string()))?;
+    if text.trim().is_empty() {
+        return Ok(Value::Object(serde_json::Map::new()));
+    }
+    let v: Value = serde_saphyr::from_str(&text).map_err(|e| err(&path.display().to_string(), format!("invalid YAML: {e}")))?;
+    match v {
+        Value::Null => Ok(Value::Object(serde_json::Map::new())),
+        Value::Object(_) => Ok(v),
+        _ => Err(err("(root)", "the configuration must be a mapping of keys")),
+    }
+}
+
+/// Overlay `BERTH_*` variables (see the module docs for the mapping rule).
+pub fn apply_env(tree: &mut Value, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    for (key, value) in vars {
+        let Some(rest) = key.strip_prefix("BERTH_") else { continue };
+        let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(err(&key, "empty key segment in environment variable name"));
+        }
+        let parsed: Value = serde_saphyr::from_str(&value).unwrap_or(Value::String(value.clone()));
+        let parsed = if parsed.is_null() { Value::String(value) } else { parsed };
+        set_path(tree, &path, parsed).map_err(|m| err(&key, m))?;
+    }
+    Ok(())
+}
+
+fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+    let mut node = tree;
+    for (i, seg) in path.iter().enumerate() {
+        let Value::Object(map) = node else { return Err(format!("{} is not a section", path[..i].join("."))) };
+        if i == path.len() - 1 {
+            map.insert(seg.clone(), value);
+            return Ok(());
+        }
+        node = map.entry(seg.clone()).or_insert_with(|| Value::Object(serde_json::Map::new()));
+    }
+    Ok(())
+}
+
+impl RawConfig {
+    /// Deserialize a tree, naming the key path of the first problem.
+    pub fn from_tree(tree: Value) -> Result<RawConfig, ConfigError> {
+        serde_path_to_error::deserialize(tree).map_err(|e| {
+            let path = e.path().to_string();
+            err(if path == "." { "(root)" } else { &path }, e.into_inner().to_string())
+        })
+    }
+
+    /// Validate and fill in defaults.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let addr_text = self.http.addr.unwrap_or_else(|| "127.0.0.1:5000".into());
+        let addr: SocketAddr = addr_text.parse().map_err(|_| err("http.addr", format!("{addr_text:?} is not an address like 127.0.0.1:5000")))?;
+        let duration = |path: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) => parse_duration(&s).ok_or_else(|| err(path, format!("{s:?} is not a duration like 30s, 10m or 24h"))),
+            }
+        };
+        let size = |path: &str, v: Option<Value>, default: u64| -> Result<u64, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(v) => parse_size(&v).ok_or_else(|| err(path, format!("{v} is not a size like 4MiB or 1048576"))),
+            }
+        };
+        let defaults = registry::RegistryConfig::default();
+        let shutdown_grace = duration("http.shutdown_grace", self.http.shutdown_grace, Duration::from_secs(30))?;
+        let upload_expiry = duration("uploads.expiry", self.uploads.expiry, defaults.upload_expiry)?;
+        let janitor_interval = duration("uploads.sweep_interval", self.uploads.sweep_interval, defaults.janitor_interval)?;
+        if janitor_interval.is_zero() {
+            return Err(err("uploads.sweep_interval", "must be greater than zero"));
+        }
+        let manifest_max_size = size("manifests.max_size", self.manifests.max_size, defaults.manifest_max_size as u64)?;
+        if !(1024..=(64 << 20)).contains(&manifest_max_size) {
+            return Err(err("manifests.max_size", "must be between 1KiB and 64MiB"));
+        }
+        let cache = size("manifests.cache_size", self.manifests.cache_size, defaults.manifest_cache_bytes as u64)?;
+        let sqlite_full_sync = match self.database.sqlite.synchronous.as_deref() {
+            None | Some("full") => true,
+            Some("normal") => false,
+            Some(other) => return Err(err("database.sqlite.synchronous", format!("{other:?} must be \"full\" or \"normal\""))),
+        };
+        let log_format = match self.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(err("log.format", format!("{other:?} must be \"text\" or \"json\""))),
+        };
+        let log_level = self.log.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(err("log.level", format!("{log_level:?} is not a level (error, warn, info, debug, trace) or filter")));
+        }
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("berth-data"));
+        Ok(Config {
+            addr,
+            shutdown_grace,
+            blob_root: self.storage.filesystem.root.unwrap_or_else(|| data_dir.clone()),
+            fsync: self.storage.filesystem.fsync.unwrap_or(true),
+            sqlite_path: self.database.sqlite.path.unwrap_or_else(|| data_dir.join("meta.db")),
+            sqlite_full_sync,
+            data_dir,
+            registry: registry::RegistryConfig {
+                delete_enabled: self.storage.delete.enabled.unwrap_or(true),
+                upload_expiry,
+                janitor_interval,
+                manifest_max_size: usize::try_from(manifest_max_size).unwrap_or(usize::MAX),
+                manifest_cache_bytes: usize::try_from(cache).unwrap_or(usize::MAX),
+            },
+            log_level,
+            log_format,
+        })
+    }
+}
+
+/// Command-line overrides, applied last.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Load the configuration: the file (if any), then the environment, then flags.
+pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>, flags: &Overrides) -> Result<Config, ConfigError> {
+    let mut tree = match file {
+        Some(p) => read_file(p)?,
+        None => Value::Object(serde_json::Map::new()),
+    };
+    apply_env(&mut tree, env)?;
+    if let Some(l) = &flags.listen {
+        set_path(&mut tree, &["http".into(), "addr".into()], Value::String(l.clone())).map_err(|m| err("--listen", m))?;
+    }
+    if let Some(d) = &flags.data_dir {
+        set_path(&mut tree, &["data_dir".into()], Value::String(d.display().to_string())).map_err(|m| err("--data-dir", m))?;
+    }
+    RawConfig::from_tree(tree)?.resolve()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(yaml: &str) -> Value {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(None, [], &Overrides::default()).unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.data_dir, PathBuf::from("berth-data"));
+        assert_eq!(c.sqlite_path, PathBuf::from("berth-data/meta.db"));
+        assert!(c.registry.delete_enabled && c.fsync && c.sqlite_full_sync);
+        assert_eq!(c.registry.upload_expiry, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = RawConfig::from_tree(tree("http:\n  adr: x\n")).unwrap_err();
+        assert_eq!(e.path, "http.adr");
+        assert!(e.message.contains("adr"), "{e}");
+        let e = RawConfig::from_tree(tree("storage:\n  delete:\n    enabled: maybe\n")).unwrap_err();
+        assert_eq!(e.path, "storage.delete.enabled");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = RawConfig::from_tree(tree("uploads:\n  expiry: soon\n")).unwrap().resolve().unwrap_err();
+        assert_eq!(e.path, "uploads.expiry");
+        let e = RawConfig::from_tree(tree("http:\n  addr: localhost\n")).unwrap().resolve().unwrap_err();
+        assert_eq!(e.path, "http.addr");
+        let e = RawConfig::from_tree(tree("manifests:\n  max_size: 10\n")).unwrap().resolve().unwrap_err();
+        assert_eq!(e.path, "manifests.max_size");
+    }
+
+    #[test]
+    fn layering_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.yml");
+        std::fs::write(&f, "http:\n  addr: 127.0.0.1:1111\nstorage:\n  delete:\n    enabled: true\nmanifests:\n  max_size: 8MiB\n").unwrap();
+        let env = [
+            ("BERTH_HTTP__ADDR".to_string(), "127.0.0.1:2222".to_string()),
+            ("BERTH_STORAGE__DELETE__ENABLED".to_string(), "false".to_string()),
+            ("BERTH_UPLOADS__EXPIRY".to_string(), "2h".to_string()),
+            ("OTHER".to_string(), "ignored".to_string()),
+        ];
+        let c = load(Some(&f), env.clone(), &Overrides::default()).unwrap();
+        assert_eq!(c.addr.port(), 2222);
+        assert!(!c.registry.delete_enabled);
+        assert_eq!(c.registry.upload_expiry, Duration::from_secs(7200));
+        assert_eq!(c.registry.manifest_max_size, 8 << 20);
+        let flags = Overrides { listen: Some("127.0.0.1:3333".into()), data_dir: Some("/tmp/x".into()) };
+        let c = load(Some(&f), env, &flags).unwrap();
+        assert_eq!(c.addr.port(), 3333);
+        assert_eq!(c.sqlite_path, PathBuf::from("/tmp/x/meta.db"));
+        let e = load(None, [("BERTH_NOPE".to_string(), "1".to_string())], &Overrides::default()).unwrap_err();
+        assert!(e.message.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_size(&Value::from("4MiB")), Some(4 << 20));
+        assert_eq!(parse_size(&Value::from(1024)), Some(1024));
+        assert_eq!(parse_size(&Value::from("4 parsecs")), None);
+    }
+}

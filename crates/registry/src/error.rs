@@ -1,0 +1,81 @@
+//! The engine's error type: one variant per distinct outcome a client must be told about.
+
+use oci::{Digest, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("blob unknown to registry")]
+    BlobUnknown(Digest),
+    #[error("upload session unknown or expired")]
+    UploadUnknown,
+    #[error("{0}")]
+    UploadInvalid(String),
+    /// A chunk did not start where the session ends; `offset` is what the session holds.
+    #[error("chunk must start at offset {offset}")]
+    RangeInvalid { offset: u64 },
+    #[error("requested range not satisfiable")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("provided digest {expected} does not match the content ({actual})")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("{0}")]
+    SizeInvalid(String),
+    #[error("{0}")]
+    ManifestInvalid(String),
+    #[error("manifest larger than the limit of {limit} bytes")]
+    ManifestTooLarge { limit: usize },
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    #[error("manifest references {0}, which is not in this repository")]
+    ManifestBlobUnknown(String),
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    #[error("invalid pagination number {0:?}")]
+    PaginationInvalid(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// Reading the request body failed: the client went away or sent a malformed body.
+    #[error("reading the request body failed: {0}")]
+    Body(String),
+    /// A backing service failed. The text is for the log, never for the client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The spec error code this outcome is reported with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::BlobUnknown(_) => ErrorCode::BlobUnknown,
+            Error::UploadUnknown => ErrorCode::BlobUploadUnknown,
+            Error::UploadInvalid(_) | Error::Body(_) => ErrorCode::BlobUploadInvalid,
+            Error::RangeInvalid { .. } | Error::RangeNotSatisfiable { .. } => ErrorCode::RangeInvalid,
+            Error::DigestMismatch { .. } | Error::DigestInvalid(_) => ErrorCode::DigestInvalid,
+            Error::SizeInvalid(_) => ErrorCode::SizeInvalid,
+            Error::ManifestInvalid(_) => ErrorCode::ManifestInvalid,
+            Error::ManifestTooLarge { .. } => ErrorCode::ManifestTooLarge,
+            Error::ManifestUnknown => ErrorCode::ManifestUnknown,
+            Error::ManifestBlobUnknown(_) => ErrorCode::ManifestBlobUnknown,
+            Error::NameUnknown => ErrorCode::NameUnknown,
+            Error::PaginationInvalid(_) => ErrorCode::PaginationNumberInvalid,
+            Error::Unsupported(_) => ErrorCode::Unsupported,
+            Error::Internal(_) => ErrorCode::Unknown,
+        }
+    }
+}
+
+impl From<meta::MetaError> for Error {
+    fn from(e: meta::MetaError) -> Self {
+        match e {
+            meta::MetaError::MissingBlob(d) | meta::MetaError::MissingManifest(d) => Error::ManifestBlobUnknown(d),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<storage::StorageError> for Error {
+    fn from(e: storage::StorageError) -> Self {
+        Error::Internal(format!("storage: {e}"))
+    }
+}
