@@ -48,12 +48,9 @@ fn stream(body: Body) -> storage::ByteStream {
     Box::pin(TryStreamExt::map_err(body.into_data_stream(), io::Error::other))
 }
 
-/// Whether the request carries a body at all (a `Content-Length` above zero, or chunked).
-fn has_body(headers: &HeaderMap) -> bool {
-    match header_str(headers, header::CONTENT_LENGTH) {
-        Some(n) => n.trim() != "0",
-        None => headers.contains_key(header::TRANSFER_ENCODING),
-    }
+/// The body, unless it is known to be empty (`Content-Length: 0`, or none at all).
+fn nonempty(body: Body) -> Option<storage::ByteStream> {
+    (!axum::body::HttpBody::is_end_stream(&body)).then(|| stream(body))
 }
 
 fn content_range(headers: &HeaderMap) -> Result<Option<ByteRange>, ApiError> {
@@ -193,7 +190,7 @@ pub async fn upload_put(reg: &Registry, repo: &RepoName, id: Option<&UploadId>, 
         .parse()
         .map_err(|e: oci::DigestError| ApiError::new(ErrorCode::DigestInvalid, e.to_string()))?;
     let range = content_range(headers)?;
-    let body = has_body(headers).then(|| stream(body));
+    let body = nonempty(body);
     reg.upload_finish(repo, id, &digest, range, body).await.map_err(|e| upload_error(e, repo, id))?;
     Ok(blob_created(repo, &digest))
 }
