@@ -42,7 +42,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
     pub addr: Option<String>,
-    pub shutdown_grace: Option<String>,
+    pub shutdown_grace: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,8 +84,8 @@ pub struct RawSqlite {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUploads {
-    pub expiry: Option<String>,
-    pub sweep_interval: Option<String>,
+    pub expiry: Option<Value>,
+    pub sweep_interval: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,7 +98,7 @@ pub struct RawManifests {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
-    pub level: Option<String>,
+    pub level: Option<Value>,
     pub format: Option<String>,
 }
 
@@ -150,7 +150,25 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "d" => n * 86400.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// A duration given as a YAML string (`24h`) or a bare number of seconds.
+fn duration_value(v: &Value) -> Option<Duration> {
+    match v {
+        Value::String(s) => parse_duration(s),
+        Value::Number(n) => n.as_f64().and_then(|f| Duration::try_from_secs_f64(f).ok()),
+        _ => None,
+    }
+}
+
+/// Drop keys whose value is null, so a section whose keys are all commented out (`http:`)
+/// means "defaults", as a reader of the file would expect.
+fn drop_nulls(v: &mut Value) {
+    if let Value::Object(map) = v {
+        map.retain(|_, x| !x.is_null());
+        map.values_mut().for_each(drop_nulls);
+    }
 }
 
 /// Parse a size: a number of bytes, or `512KiB`, `4MiB`, `1GiB`, `10MB`.
@@ -177,11 +195,11 @@ pub fn parse_size(v: &Value) -> Option<u64> {
 
 /// Read a YAML file into a tree (an empty file is an empty config).
 pub fn read_file(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| err(&path.display().to_string(), e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| err("(file)", e.to_string()))?;
     if text.trim().is_empty() {
         return Ok(Value::Object(serde_json::Map::new()));
     }
-    let v: Value = serde_saphyr::from_str(&text).map_err(|e| err(&path.display().to_string(), format!("invalid YAML: {e}")))?;
+    let v: Value = serde_saphyr::from_str(&text).map_err(|e| err("(file)", format!("invalid YAML: {e}")))?;
     match v {
         Value::Null => Ok(Value::Object(serde_json::Map::new())),
         Value::Object(_) => Ok(v),
@@ -207,6 +225,9 @@ pub fn apply_env(tree: &mut Value, vars: impl IntoIterator<Item = (String, Strin
 fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), String> {
     let mut node = tree;
     for (i, seg) in path.iter().enumerate() {
+        if node.is_null() {
+            *node = Value::Object(serde_json::Map::new());
+        }
         let Value::Object(map) = node else { return Err(format!("{} is not a section", path[..i].join("."))) };
         if i == path.len() - 1 {
             map.insert(seg.clone(), value);
@@ -220,6 +241,8 @@ fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), Strin
 impl RawConfig {
     /// Deserialize a tree, naming the key path of the first problem.
     pub fn from_tree(tree: Value) -> Result<RawConfig, ConfigError> {
+        let mut tree = tree;
+        drop_nulls(&mut tree);
         serde_path_to_error::deserialize(tree).map_err(|e| {
             let path = e.path().to_string();
             err(if path == "." { "(root)" } else { &path }, e.into_inner().to_string())
@@ -230,10 +253,10 @@ impl RawConfig {
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let addr_text = self.http.addr.unwrap_or_else(|| "127.0.0.1:5000".into());
         let addr: SocketAddr = addr_text.parse().map_err(|_| err("http.addr", format!("{addr_text:?} is not an address like 127.0.0.1:5000")))?;
-        let duration = |path: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+        let duration = |path: &str, v: Option<Value>, default: Duration| -> Result<Duration, ConfigError> {
             match v {
                 None => Ok(default),
-                Some(s) => parse_duration(&s).ok_or_else(|| err(path, format!("{s:?} is not a duration like 30s, 10m or 24h"))),
+                Some(v) => duration_value(&v).ok_or_else(|| err(path, format!("{v} is not a duration like 30s, 10m, 24h or a number of seconds"))),
             }
         };
         let size = |path: &str, v: Option<Value>, default: u64| -> Result<u64, ConfigError> {
@@ -248,6 +271,11 @@ impl RawConfig {
         let janitor_interval = duration("uploads.sweep_interval", self.uploads.sweep_interval, defaults.janitor_interval)?;
         if janitor_interval.is_zero() {
             return Err(err("uploads.sweep_interval", "must be greater than zero"));
+        }
+        // The idle clock restarts only when a request on the session ends, so an expiry shorter
+        // than a slow chunk would drop sessions that are still in use.
+        if upload_expiry < Duration::from_secs(60) {
+            return Err(err("uploads.expiry", "must be at least 1m"));
         }
         let manifest_max_size = size("manifests.max_size", self.manifests.max_size, defaults.manifest_max_size as u64)?;
         if !(1024..=(64 << 20)).contains(&manifest_max_size) {
@@ -264,9 +292,17 @@ impl RawConfig {
             Some("json") => LogFormat::Json,
             Some(other) => return Err(err("log.format", format!("{other:?} must be \"text\" or \"json\""))),
         };
-        let log_level = self.log.level.unwrap_or_else(|| "info".into());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            return Err(err("log.level", format!("{log_level:?} is not a level (error, warn, info, debug, trace) or filter")));
+        let log_level = match self.log.level {
+            None => "info".to_owned(),
+            // YAML reads a bare `off` as false.
+            Some(Value::Bool(false)) => "off".to_owned(),
+            Some(Value::String(s)) => s,
+            Some(other) => return Err(err("log.level", format!("{other} is not a level"))),
+        };
+        const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+        let plain_ok = log_level.contains(['=', ',']) || LEVELS.contains(&log_level.as_str());
+        if !plain_ok || tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(err("log.level", format!("{log_level:?} is not a level (off, error, warn, info, debug, trace) or a filter like info,berth=debug")));
         }
         let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("berth-data"));
         Ok(Config {
@@ -375,12 +411,27 @@ mod tests {
     }
 
     #[test]
+    fn empty_sections_and_levels() {
+        let c = RawConfig::from_tree(tree("http:\nlog:\n  level: off\n")).unwrap().resolve().unwrap();
+        assert_eq!(c.log_level, "off");
+        let e = RawConfig::from_tree(tree("log:\n  level: warning\n")).unwrap().resolve().unwrap_err();
+        assert_eq!(e.path, "log.level");
+        let e = RawConfig::from_tree(tree("uploads:\n  expiry: 5s\n")).unwrap().resolve().unwrap_err();
+        assert_eq!(e.path, "uploads.expiry");
+        let mut t = tree("http:\n");
+        apply_env(&mut t, [("BERTH_HTTP__ADDR".to_string(), "127.0.0.1:9".to_string())]).unwrap();
+        assert_eq!(RawConfig::from_tree(t).unwrap().resolve().unwrap().addr.port(), 9);
+    }
+
+    #[test]
     fn durations_and_sizes() {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
         assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86400)));
         assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_duration("999999999999999d"), None, "overflow is an error, not a panic");
+        assert_eq!(duration_value(&Value::from(90)), Some(Duration::from_secs(90)));
         assert_eq!(parse_size(&Value::from("4MiB")), Some(4 << 20));
         assert_eq!(parse_size(&Value::from(1024)), Some(1024));
         assert_eq!(parse_size(&Value::from("4 parsecs")), None);

@@ -119,7 +119,9 @@ async fn shutdown_signal() {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    for dir in [Some(cfg.data_dir.as_path()), cfg.sqlite_path.parent()].into_iter().flatten().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
+    }
     let blobs = storage::fs::FsStore::open(&cfg.blob_root, cfg.fsync).context("opening blob storage")?;
     let meta = meta::MetaStore::open_sqlite(&cfg.sqlite_path, cfg.sqlite_full_sync)
         .await

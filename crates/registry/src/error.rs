@@ -76,6 +76,11 @@ impl From<meta::MetaError> for Error {
 
 impl From<storage::StorageError> for Error {
     fn from(e: storage::StorageError) -> Self {
-        Error::Internal(format!("storage: {e}"))
+        match e {
+            // The session says more bytes were accepted than storage holds (an unsynced upload
+            // file lost to a power failure): the client must start over.
+            storage::StorageError::OffsetMismatch { .. } => Error::UploadInvalid(format!("upload data was lost ({e}); start a new upload")),
+            other => Error::Internal(format!("storage: {other}")),
+        }
     }
 }
