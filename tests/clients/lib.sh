@@ -68,7 +68,7 @@ step() {
             # "response completed" info lines left out: its access log has the same requests)
             say "---- registry log during this step (last ${REGLOG_LINES:-30} lines; all in $REGISTRY_LOG):"
             tail -c +"$((regoff + 1))" "$REGISTRY_LOG" | grep -v 'level=info msg="response completed"' |
-                tail -n "${REGLOG_LINES:-30}" | cut -c1-400 | sed 's/^/    /' || true
+                tail -n "${REGLOG_LINES:-30}" | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-400 | sed 's/^/    /' || true
         fi
         say "----"
     fi

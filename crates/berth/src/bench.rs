@@ -342,7 +342,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 async move { bb.push_small_image(&format!("bench-{run_id:x}/small"), &format!("t{i}"), run_id * 10_000 + i as u64).await }
             })
             .await?;
-            (wall, lat, n as f64)
+            (wall, lat, n as f64 / wall.as_secs_f64())
         });
     }
 

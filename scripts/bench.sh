@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Run `berth bench` against berth and the reference registry (CNCF Distribution, Debian's
+# docker-registry package) in one run, on loopback, and print both reports.
+#
+#   scripts/bench.sh [extra berth-bench flags, e.g. --large-mib 256 --duration 5s]
+#
+# Both servers get a fresh data directory and free ports; both are stopped (by PID) on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v docker-registry >/dev/null || { apt-get install -y docker-registry >/dev/null || { apt-get update >/dev/null && apt-get install -y docker-registry >/dev/null; }; }
+cargo build --release -p berth >/dev/null
+BIN=target/release/berth
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 100); do curl -fs "http://$1/v2/" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "server at $1 did not start" >&2; exit 1; }
+
+bp=$(port)
+"$BIN" serve --listen "127.0.0.1:$bp" --data-dir "$work/berth" >"$work/berth.log" 2>&1 &
+pids+=($!); berth_pid=$!
+rp=$(port)
+cat >"$work/registry.yml" <<YML
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $work/reference}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$rp}
+YML
+docker-registry serve "$work/registry.yml" >"$work/reference.log" 2>&1 &
+pids+=($!); ref_pid=$!
+wait_up "127.0.0.1:$bp"; wait_up "127.0.0.1:$rp"
+
+"$BIN" bench --url "http://127.0.0.1:$rp" --pid "$ref_pid" --label "reference (Distribution $(dpkg-query -W -f '${Version}' docker-registry))" "$@"
+echo
+"$BIN" bench --url "http://127.0.0.1:$bp" --pid "$berth_pid" --label "berth $(git describe --always --dirty 2>/dev/null || echo dev)" "$@"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine: installs what it needs, builds once, runs the
+# Rust tests in parallel (cargo-nextest), then drives the real clients (docker, podman, buildah,
+# skopeo, containerd, ORAS) against a real `berth serve`.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --rust     only the Rust tests
+#   scripts/test.sh --clients  only the real-client suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_rust=1 want_clients=1
+case "${1:-}" in
+    --rust) want_clients=0 ;;
+    --clients) want_rust=0 ;;
+    "") ;;
+    *) echo "usage: $0 [--rust|--clients]" >&2; exit 2 ;;
+esac
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+if ! command -v cargo >/dev/null; then
+    echo "cargo is required (https://rustup.rs)" >&2
+    exit 1
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    section "installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
+if [ "$want_clients" = 1 ]; then
+    section "installing the real clients (apt) when missing"
+    tests/clients/install.sh tools skopeo podman buildah umoci dockerd docker containerd ctr curl python3 timeout docker-registry
+fi
+
+section "build"
+cargo build --workspace --tests --locked
+
+if [ "$want_rust" = 1 ]; then
+    section "rust tests"
+    cargo nextest run --workspace --locked --no-fail-fast
+fi
+if [ "$want_clients" = 1 ]; then
+    section "real clients against berth"
+    tests/clients/run.sh --target berth --berth-bin target/debug/berth
+fi
