@@ -31,6 +31,11 @@ docker-registry serve "$work/registry.yml" >"$work/reference.log" 2>&1 &
 pids+=($!); ref_pid=$!
 wait_up "127.0.0.1:$bp"; wait_up "127.0.0.1:$rp"
 
+# On a VM, page-cache growth into untouched guest memory makes write-heavy runs noisy; give
+# both registries the same start when we may (root).
+drop_caches() { sync; [ -w /proc/sys/vm/drop_caches ] && echo 3 >/proc/sys/vm/drop_caches || true; }
+drop_caches
 "$BIN" bench --url "http://127.0.0.1:$rp" --pid "$ref_pid" --label "reference (Distribution $(dpkg-query -W -f '${Version}' docker-registry))" "$@"
 echo
+drop_caches
 "$BIN" bench --url "http://127.0.0.1:$bp" --pid "$berth_pid" --label "berth $(git describe --always --dirty 2>/dev/null || echo dev)" "$@"

@@ -35,6 +35,15 @@ section "build"
 cargo build --workspace --tests --locked
 
 if [ "$want_rust" = 1 ]; then
+    # Shared services start once per run; the tests that need them fail (never skip) in CI
+    # when they are missing.
+    section "services: PostgreSQL for the metadata backend tests"
+    services_dir=$(mktemp -d /tmp/berth-services.XXXXXX)
+    trap 'scripts/services.sh stop "$services_dir" || true; rm -rf "$services_dir"' EXIT
+    scripts/services.sh start postgres "$services_dir"
+    # shellcheck source=/dev/null
+    . "$services_dir/env"
+
     section "rust tests"
     cargo nextest run --workspace --locked --no-fail-fast
 fi

@@ -87,6 +87,8 @@ struct Outcome {
     wall: Duration,
     latencies: Vec<Duration>,
     cpu: Option<f64>,
+    /// The benchmark's own CPU seconds (it shares the machine with the server).
+    client_cpu: Option<f64>,
     rss_peak_mib: Option<f64>,
 }
 
@@ -304,6 +306,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     macro_rules! measure {
         ($name:expr, $unit:expr, $bytes:expr, $body:expr) => {{
             let cpu0 = args.pid.and_then(|p| cpu_seconds(p, tck));
+            let client0 = cpu_seconds(std::process::id(), tck);
             let peak = Arc::new(AtomicU64::new(0));
             let sampling = Arc::new(AtomicBool::new(true));
             let sampler = args.pid.map(|pid| {
@@ -327,7 +330,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 _ => None,
             };
             latencies.sort();
-            let o = Outcome { name: $name, ops, unit: $unit, bytes: $bytes, wall, latencies, cpu, rss_peak_mib: args.pid.map(|_| peak.load(Ordering::Relaxed) as f64 / 1024.0) };
+            let client_cpu = match (client0, cpu_seconds(std::process::id(), tck)) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            };
+            let o = Outcome { name: $name, ops, unit: $unit, bytes: $bytes, wall, latencies, cpu, client_cpu, rss_peak_mib: args.pid.map(|_| peak.load(Ordering::Relaxed) as f64 / 1024.0) };
             print_outcome(&o);
             results.push(o);
         }};
@@ -588,6 +595,9 @@ fn print_outcome(o: &Outcome) {
         } else if !o.latencies.is_empty() {
             line.push_str(&format!(" ({:.3} CPU-s/1k req)", cpu / (o.latencies.len() as f64 / 1000.0)));
         }
+    }
+    if let Some(c) = o.client_cpu {
+        line.push_str(&format!("  client CPU {c:.2} s"));
     }
     if let Some(r) = o.rss_peak_mib {
         line.push_str(&format!("  peak RSS {r:.1} MiB"));

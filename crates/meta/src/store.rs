@@ -145,13 +145,18 @@ impl MetaStore {
 
     /// Apply the migrations the database has not seen, each in its own transaction.
     pub async fn migrate(&self) -> Result<()> {
-        self.write.execute("CREATE TABLE IF NOT EXISTS berth_schema (version BIGINT NOT NULL)").await?;
         loop {
             let mut tx = self.write.begin().await?;
             if self.dialect == Dialect::Postgres {
-                // Nodes starting together must not run one migration twice.
-                tx.execute("LOCK TABLE berth_schema IN EXCLUSIVE MODE").await?;
+                // Nodes starting together must not run one migration twice, nor race on creating
+                // `berth_schema` itself (concurrent `CREATE TABLE IF NOT EXISTS` fails on
+                // PostgreSQL with a unique violation in `pg_type`), so the lock is taken before
+                // any table exists: an advisory lock, scoped to this database and released at
+                // commit. (On SQLite the single write connection and the database lock do this.)
+                // The key is b"berthmig" as a big-endian integer.
+                tx.execute("SELECT pg_advisory_xact_lock(7090199032658487655)").await?;
             }
+            tx.execute("CREATE TABLE IF NOT EXISTS berth_schema (version BIGINT NOT NULL)").await?;
             let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM berth_schema").fetch_one(&mut *tx).await?;
             let version = usize::try_from(row.try_get::<i64, _>("v")?).unwrap_or(0);
             if version >= schema::count() {
@@ -322,6 +327,11 @@ impl MetaStore {
                     .await?;
             }
         }
+        // Tags are upserted in one global order (byte order, duplicates once) so that writers
+        // racing on the same tags lock their rows in the same order and cannot deadlock.
+        let mut tags: Vec<&Tag> = tags.iter().collect();
+        tags.sort_unstable();
+        tags.dedup();
         for tag in tags {
             sqlx::query(
                 "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
@@ -425,7 +435,8 @@ impl MetaStore {
     /// Manifests in `repo` whose subject is `subject`, optionally only those of `artifact_type`.
     pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
         let rows = sqlx::query(
-            "SELECT m.digest, m.media_type, LENGTH(m.content) AS size, m.artifact_type, m.annotations \
+            // LENGTH of a BYTEA is an INT4 on PostgreSQL, an INTEGER (64-bit) on SQLite: one type.
+            "SELECT m.digest, m.media_type, CAST(LENGTH(m.content) AS BIGINT) AS size, m.artifact_type, m.annotations \
              FROM manifests m JOIN repositories r ON r.id = m.repository_id \
              WHERE r.name = $1 AND m.subject = $2 AND ($3 = '' OR m.artifact_type = $3) ORDER BY m.digest",
         )

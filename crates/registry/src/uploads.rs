@@ -42,15 +42,66 @@ impl Drop for BusyGuard {
     }
 }
 
-async fn pump(body: &mut ByteStream, hasher: &mut Hasher, writer: &mut dyn UploadWriter) -> Result<u64> {
+/// Bytes gathered before they are hashed off the request's task.
+const HASH_BATCH: usize = 1 << 20;
+
+/// Hashes a stream in batches on the blocking pool, one batch in flight, so that receiving,
+/// hashing and writing proceed in parallel on a large upload. Bodies smaller than one batch are
+/// hashed in place (a thread hand-off would cost more than the hashing).
+struct HashPipe {
+    /// The hasher, when no batch is in flight.
+    hasher: Option<Hasher>,
+    /// The batch being hashed; it hands the hasher back.
+    pending: Option<tokio::task::JoinHandle<Hasher>>,
+    batch: Vec<Bytes>,
+    batch_len: usize,
+}
+
+impl HashPipe {
+    fn new(hasher: Hasher) -> HashPipe {
+        HashPipe { hasher: Some(hasher), pending: None, batch: Vec::new(), batch_len: 0 }
+    }
+
+    async fn take(&mut self) -> Result<Hasher> {
+        match self.pending.take() {
+            Some(h) => h.await.map_err(|e| Error::Internal(format!("hashing task failed: {e}"))),
+            None => Ok(self.hasher.take().expect("the pipe holds its hasher or a pending batch")),
+        }
+    }
+
+    async fn update(&mut self, chunk: &Bytes) -> Result<()> {
+        self.batch_len += chunk.len();
+        self.batch.push(chunk.clone());
+        if self.batch_len >= HASH_BATCH {
+            let mut hasher = self.take().await?;
+            let batch = std::mem::take(&mut self.batch);
+            self.batch_len = 0;
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                batch.iter().for_each(|b| hasher.update(b));
+                hasher
+            }));
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<Hasher> {
+        let mut hasher = self.take().await?;
+        self.batch.iter().for_each(|b| hasher.update(b));
+        Ok(hasher)
+    }
+}
+
+/// Copy `body` into `writer`, hashing it with `hasher`; returns the hasher and the byte count.
+async fn pump(body: &mut ByteStream, hasher: Hasher, writer: &mut dyn UploadWriter) -> Result<(Hasher, u64)> {
+    let mut pipe = HashPipe::new(hasher);
     let mut n = 0u64;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| Error::Body(e.to_string()))?;
-        hasher.update(&chunk);
+        pipe.update(&chunk).await?;
         n += chunk.len() as u64;
         writer.write(chunk).await?;
     }
-    Ok(n)
+    Ok((pipe.finish().await?, n))
 }
 
 impl Registry {
@@ -158,9 +209,9 @@ impl Registry {
         {
             return Err(Error::RangeInvalid { offset: s.offset });
         }
-        let mut hasher = Hasher::restore(Algorithm::Sha256, &s.hash_state).map_err(|e| Error::Internal(e.to_string()))?;
+        let hasher = Hasher::restore(Algorithm::Sha256, &s.hash_state).map_err(|e| Error::Internal(e.to_string()))?;
         let mut writer = self.inner.blobs.upload_writer(&s.id, s.offset, &s.driver_state).await?;
-        let n = pump(&mut body, &mut hasher, writer.as_mut()).await?;
+        let (hasher, n) = pump(&mut body, hasher, writer.as_mut()).await?;
         let driver_state = writer.finish().await?;
         if let Some(r) = range
             && n != r.len()
@@ -206,14 +257,13 @@ impl Registry {
     /// Upload a whole blob in one request (`POST ?digest=`).
     pub async fn upload_whole(&self, repo: &RepoName, digest: &Digest, mut body: ByteStream) -> Result<u64> {
         let id: UploadId = uuid::Uuid::new_v4().to_string().parse().map_err(|_| Error::Internal("uuid".into()))?;
-        let mut hasher = Hasher::new(digest.algorithm());
         let result = async {
             let mut writer = self.inner.blobs.upload_writer(&id, 0, &[]).await?;
-            let n = pump(&mut body, &mut hasher, writer.as_mut()).await?;
-            Ok::<_, Error>((n, writer.finish().await?))
+            let (hasher, n) = pump(&mut body, Hasher::new(digest.algorithm()), writer.as_mut()).await?;
+            Ok::<_, Error>((hasher, n, writer.finish().await?))
         }
         .await;
-        let (size, driver_state) = match result {
+        let (hasher, size, driver_state) = match result {
             Ok(r) => r,
             Err(e) => {
                 self.discard(&id, &[]).await;

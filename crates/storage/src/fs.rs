@@ -26,6 +26,9 @@ use crate::{BlobStore, ByteStream, Result, StorageError, StoredUpload, UploadWri
 
 /// Bytes gathered before one write system call on upload, and read per call on download.
 const IO_CHUNK: usize = 1 << 20;
+/// With fsync on, an upload syncs what it has written every this many bytes, in the background,
+/// so the disk works while the network does and the fsync at commit only has a tail to flush.
+const SYNC_EVERY: u64 = 32 << 20;
 
 #[derive(Debug)]
 struct Inner {
@@ -153,7 +156,8 @@ impl BlobStore for FsStore {
             Ok(f)
         })
         .await?;
-        Ok(Box::new(FsWriter { file: Some(file), pending: None, queued: Vec::new(), queued_len: 0 }))
+        let sync = if self.inner.fsync { Some(Arc::new(file.try_clone().map_err(io_err("dup", &self.upload_path(id)))?)) } else { None };
+        Ok(Box::new(FsWriter { file: Some(file), pending: None, queued: Vec::new(), queued_len: 0, sync, unsynced: 0, syncing: None }))
     }
 
     async fn read_upload(&self, id: &UploadId, size: u64, _state: &[u8]) -> Result<ByteStream> {
@@ -226,18 +230,51 @@ impl BlobStore for FsStore {
     }
 }
 
+/// Read buffers kept for reuse. A fresh megabyte per read costs page faults and zeroing on
+/// every read; a buffer returns here when the response body that carried it is dropped.
+static READ_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers kept at most (bounds the memory held while idle to this many megabytes).
+const KEPT_BUFFERS: usize = 16;
+
+/// A read buffer that goes back to [`READ_BUFFERS`] when the last `Bytes` over it is dropped.
+struct PooledBuf(Vec<u8>);
+
+impl AsRef<[u8]> for PooledBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        if buf.capacity() == IO_CHUNK {
+            let mut pool = READ_BUFFERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if pool.len() < KEPT_BUFFERS {
+                pool.push(buf);
+            }
+        }
+    }
+}
+
+fn read_buffer() -> Vec<u8> {
+    let mut buf = READ_BUFFERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop().unwrap_or_else(|| Vec::with_capacity(IO_CHUNK));
+    buf.clear();
+    buf
+}
+
 /// Streams `len` bytes from `file`'s position in 1 MiB reads on the blocking pool, keeping one
 /// read in flight ahead of the consumer so disk and socket overlap.
 fn read_stream(file: File, len: u64) -> ByteStream {
     type Next = JoinHandle<io::Result<(File, Bytes)>>;
     fn spawn_read(mut file: File, n: u64) -> Next {
         tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::with_capacity(n as usize);
+            let mut buf = read_buffer();
             (&mut file).take(n).read_to_end(&mut buf)?;
             if (buf.len() as u64) < n {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob shorter than expected"));
             }
-            Ok((file, Bytes::from(buf)))
+            Ok((file, Bytes::from_owner(PooledBuf(buf))))
         })
     }
     let first = (len > 0).then(|| spawn_read(file, len.min(IO_CHUNK as u64)));
@@ -264,9 +301,27 @@ struct FsWriter {
     pending: Option<JoinHandle<io::Result<File>>>,
     queued: Vec<Bytes>,
     queued_len: usize,
+    /// A second handle on the file for early background syncs (only when fsync is on).
+    sync: Option<Arc<File>>,
+    /// Bytes handed to writes since the last background sync started.
+    unsynced: u64,
+    /// The background sync in flight; a new one starts only after it ends.
+    syncing: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl FsWriter {
+    /// Start writeback of what was written so far, unless one is still running. Its result does
+    /// not matter: durability comes from the fsync at commit; this only moves work earlier.
+    fn maybe_sync(&mut self, threshold: u64) {
+        let Some(fd) = &self.sync else { return };
+        if self.unsynced < threshold || self.syncing.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        self.unsynced = 0;
+        let fd = fd.clone();
+        self.syncing = Some(tokio::task::spawn_blocking(move || fd.sync_data()));
+    }
+
     async fn take_file(&mut self) -> Result<File> {
         if let Some(h) = self.pending.take() {
             return h
@@ -280,7 +335,9 @@ impl FsWriter {
     async fn flush_queue(&mut self) -> Result<()> {
         let mut file = self.take_file().await?;
         let batch = std::mem::take(&mut self.queued);
+        self.unsynced += self.queued_len as u64;
         self.queued_len = 0;
+        self.maybe_sync(SYNC_EVERY);
         self.pending = Some(tokio::task::spawn_blocking(move || {
             for b in &batch {
                 file.write_all(b)?;
@@ -307,6 +364,9 @@ impl UploadWriter for FsWriter {
             self.flush_queue().await?;
         }
         self.take_file().await?;
+        // A chunked upload's requests may each stay under SYNC_EVERY: start writeback of this
+        // request's bytes now (detached), while the client sends the next one.
+        self.maybe_sync(IO_CHUNK as u64);
         Ok(Vec::new())
     }
 }
