@@ -184,6 +184,13 @@ impl MetaStore {
     }
 
     async fn ensure_repo(tx: &mut Tx, repo: &RepoName) -> Result<i64> {
+        // Usually the repository exists: one statement. (An upsert with RETURNING would also be
+        // one, but on PostgreSQL it locks the row and would serialize every write to the
+        // repository until commit.)
+        let found = sqlx::query("SELECT id FROM repositories WHERE name = $1").bind(repo.as_str()).fetch_optional(&mut **tx).await?;
+        if let Some(row) = found {
+            return Ok(row.try_get("id")?);
+        }
         sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
             .bind(repo.as_str())
             .bind(now_ms())
@@ -273,25 +280,11 @@ impl MetaStore {
     pub async fn put_manifest(&self, repo: &RepoName, m: &NewManifest<'_>, tags: &[Tag]) -> Result<()> {
         let mut tx = self.write.begin().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
-        for blob in &m.blobs {
-            let found = sqlx::query("SELECT 1 AS x FROM repository_blobs WHERE repository_id = $1 AND digest = $2")
-                .bind(repo_id)
-                .bind(blob.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if found.is_none() {
-                return Err(MetaError::MissingBlob(blob.to_string()));
-            }
+        if let Some(missing) = Self::first_missing(&mut tx, "repository_blobs", "digest", repo_id, &m.blobs).await? {
+            return Err(MetaError::MissingBlob(missing));
         }
-        for child in &m.children {
-            let found = sqlx::query("SELECT 1 AS x FROM manifests WHERE repository_id = $1 AND digest = $2")
-                .bind(repo_id)
-                .bind(child.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if found.is_none() {
-                return Err(MetaError::MissingManifest(child.to_string()));
-            }
+        if let Some(missing) = Self::first_missing(&mut tx, "manifests", "digest", repo_id, &m.children).await? {
+            return Err(MetaError::MissingManifest(missing));
         }
         let now = now_ms();
         let inserted = sqlx::query(
@@ -310,22 +303,8 @@ impl MetaStore {
         .await?
         .rows_affected();
         if inserted > 0 {
-            for blob in &m.blobs {
-                sqlx::query("INSERT INTO manifest_blobs (repository_id, manifest_digest, blob_digest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                    .bind(repo_id)
-                    .bind(m.digest.as_str())
-                    .bind(blob.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for child in &m.children {
-                sqlx::query("INSERT INTO manifest_children (repository_id, parent_digest, child_digest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                    .bind(repo_id)
-                    .bind(m.digest.as_str())
-                    .bind(child.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            Self::insert_refs(&mut tx, "manifest_blobs", "manifest_digest", "blob_digest", repo_id, m.digest, &m.blobs).await?;
+            Self::insert_refs(&mut tx, "manifest_children", "parent_digest", "child_digest", repo_id, m.digest, &m.children).await?;
         }
         // Tags are upserted in one global order (byte order, duplicates once) so that writers
         // racing on the same tags lock their rows in the same order and cannot deadlock.
@@ -345,6 +324,51 @@ impl MetaStore {
             .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// The first of `digests` with no row in `table` for the repository, in one query.
+    async fn first_missing(tx: &mut Tx, table: &'static str, column: &'static str, repo_id: i64, digests: &[&Digest]) -> Result<Option<String>> {
+        let mut wanted: Vec<&str> = digests.iter().map(|d| d.as_str()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(None);
+        }
+        // Only numbered placeholders are generated into the text; every value is bound.
+        let placeholders: Vec<String> = (0..wanted.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!("SELECT {column} AS d FROM {table} WHERE repository_id = $1 AND {column} IN ({})", placeholders.join(", "));
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(repo_id);
+        for d in &wanted {
+            q = q.bind(*d);
+        }
+        let found: std::collections::HashSet<String> = q.fetch_all(&mut **tx).await?.iter().map(|r| r.try_get("d")).collect::<Result<_, _>>()?;
+        Ok(wanted.into_iter().find(|d| !found.contains(*d)).map(str::to_owned))
+    }
+
+    /// Record `parent`'s references in `table`, in one multi-row insert.
+    async fn insert_refs(
+        tx: &mut Tx,
+        table: &'static str,
+        parent_col: &'static str,
+        child_col: &'static str,
+        repo_id: i64,
+        parent: &Digest,
+        children: &[&Digest],
+    ) -> Result<()> {
+        let mut children: Vec<&str> = children.iter().map(|d| d.as_str()).collect();
+        children.sort_unstable();
+        children.dedup();
+        if children.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<String> = (0..children.len()).map(|i| format!("($1, $2, ${})", i + 3)).collect();
+        let sql = format!("INSERT INTO {table} (repository_id, {parent_col}, {child_col}) VALUES {} ON CONFLICT DO NOTHING", rows.join(", "));
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(repo_id).bind(parent.as_str());
+        for c in children {
+            q = q.bind(c);
+        }
+        q.execute(&mut **tx).await?;
         Ok(())
     }
 
@@ -478,7 +502,7 @@ impl MetaStore {
     pub async fn upload(&self, id: &UploadId) -> Result<Option<UploadSession>> {
         let row = sqlx::query("SELECT id, repository, byte_offset, hash_state, driver_state, updated_at FROM uploads WHERE id = $1")
             .bind(id.as_str())
-            .fetch_optional(&self.write)
+            .fetch_optional(&self.read)
             .await?;
         row.as_ref().map(upload_from_row).transpose()
     }

@@ -140,24 +140,19 @@ impl BlobStore for FsStore {
     }
 
     async fn upload_writer(&self, id: &UploadId, offset: u64, _state: &[u8]) -> Result<Box<dyn UploadWriter>> {
-        let path = self.upload_path(id);
-        let file = blocking(move || {
-            let mut f = fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path).map_err(io_err("open", &path))?;
-            let held = f.metadata().map_err(io_err("stat", &path))?.len();
-            if held < offset {
-                return Err(StorageError::OffsetMismatch { held, offset });
-            }
-            // Bytes past the offset come from a request that failed midway: the session never
-            // accepted them, so they go.
-            if held > offset {
-                f.set_len(offset).map_err(io_err("truncate", &path))?;
-            }
-            f.seek(SeekFrom::Start(offset)).map_err(io_err("seek", &path))?;
-            Ok(f)
-        })
-        .await?;
-        let sync = if self.inner.fsync { Some(Arc::new(file.try_clone().map_err(io_err("dup", &self.upload_path(id)))?)) } else { None };
-        Ok(Box::new(FsWriter { file: Some(file), pending: None, queued: Vec::new(), queued_len: 0, sync, unsynced: 0, syncing: None }))
+        // The file is opened by the first write batch, on the blocking pool together with the
+        // write: a small chunk then costs one thread hand-off, not two.
+        Ok(Box::new(FsWriter {
+            path: self.upload_path(id),
+            offset,
+            file: None,
+            pending: None,
+            queued: Vec::new(),
+            queued_len: 0,
+            fsync: self.inner.fsync,
+            unsynced: 0,
+            syncing: None,
+        }))
     }
 
     async fn read_upload(&self, id: &UploadId, size: u64, _state: &[u8]) -> Result<ByteStream> {
@@ -292,17 +287,36 @@ fn read_stream(file: File, len: u64) -> ByteStream {
     }))
 }
 
+/// Open upload `path` for writing at `offset`, discarding bytes past it.
+fn open_at(path: &Path, offset: u64) -> Result<File> {
+    let mut f = fs::OpenOptions::new().create(true).write(true).truncate(false).open(path).map_err(io_err("open", path))?;
+    let held = f.metadata().map_err(io_err("stat", path))?.len();
+    if held < offset {
+        return Err(StorageError::OffsetMismatch { held, offset });
+    }
+    // Bytes past the offset come from a request that failed midway: the session never accepted
+    // them, so they go.
+    if held > offset {
+        f.set_len(offset).map_err(io_err("truncate", path))?;
+    }
+    f.seek(SeekFrom::Start(offset)).map_err(io_err("seek", path))?;
+    Ok(f)
+}
+
 /// Gathers incoming chunks and writes them on the blocking pool about a megabyte at a time,
 /// with one write in flight while the next batch arrives.
 struct FsWriter {
-    /// The file, when no write is in flight.
+    path: PathBuf,
+    /// Where the session's accepted bytes end: writing starts here.
+    offset: u64,
+    /// The file, once opened, when no write is in flight.
     file: Option<File>,
     /// The write in flight; it hands the file back.
-    pending: Option<JoinHandle<io::Result<File>>>,
+    pending: Option<JoinHandle<Result<File>>>,
     queued: Vec<Bytes>,
     queued_len: usize,
-    /// A second handle on the file for early background syncs (only when fsync is on).
-    sync: Option<Arc<File>>,
+    /// Whether to start writeback early (the store's fsync setting).
+    fsync: bool,
     /// Bytes handed to writes since the last background sync started.
     unsynced: u64,
     /// The background sync in flight; a new one starts only after it ends.
@@ -313,34 +327,37 @@ impl FsWriter {
     /// Start writeback of what was written so far, unless one is still running. Its result does
     /// not matter: durability comes from the fsync at commit; this only moves work earlier.
     fn maybe_sync(&mut self, threshold: u64) {
-        let Some(fd) = &self.sync else { return };
-        if self.unsynced < threshold || self.syncing.as_ref().is_some_and(|h| !h.is_finished()) {
+        if !self.fsync || self.unsynced < threshold || self.syncing.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
         self.unsynced = 0;
-        let fd = fd.clone();
-        self.syncing = Some(tokio::task::spawn_blocking(move || fd.sync_data()));
+        // fdatasync through any descriptor of the file flushes the file's dirty pages.
+        let path = self.path.clone();
+        self.syncing = Some(tokio::task::spawn_blocking(move || File::open(&path)?.sync_data()));
     }
 
-    async fn take_file(&mut self) -> Result<File> {
+    /// The file once the write in flight (if any) is done; `None` if never opened.
+    async fn take_file(&mut self) -> Result<Option<File>> {
         if let Some(h) = self.pending.take() {
-            return h
-                .await
-                .map_err(|e| StorageError::Backend(format!("blocking task failed: {e}")))?
-                .map_err(|source| StorageError::Io { op: "write", path: "upload".into(), source });
+            return h.await.map_err(|e| StorageError::Backend(format!("blocking task failed: {e}")))?.map(Some);
         }
-        Ok(self.file.take().expect("writer holds its file or a pending write"))
+        Ok(self.file.take())
     }
 
     async fn flush_queue(&mut self) -> Result<()> {
-        let mut file = self.take_file().await?;
+        let file = self.take_file().await?;
         let batch = std::mem::take(&mut self.queued);
         self.unsynced += self.queued_len as u64;
         self.queued_len = 0;
         self.maybe_sync(SYNC_EVERY);
+        let (path, offset) = (self.path.clone(), self.offset);
         self.pending = Some(tokio::task::spawn_blocking(move || {
+            let mut file = match file {
+                Some(f) => f,
+                None => open_at(&path, offset)?,
+            };
             for b in &batch {
-                file.write_all(b)?;
+                file.write_all(b).map_err(io_err("write", &path))?;
             }
             Ok(file)
         }));
@@ -363,7 +380,11 @@ impl UploadWriter for FsWriter {
         if self.queued_len > 0 {
             self.flush_queue().await?;
         }
-        self.take_file().await?;
+        if self.take_file().await?.is_none() {
+            // Nothing was written: still check the offset, so a bad resume is reported now.
+            let (path, offset) = (self.path.clone(), self.offset);
+            blocking(move || open_at(&path, offset).map(drop)).await?;
+        }
         // A chunked upload's requests may each stay under SYNC_EVERY: start writeback of this
         // request's bytes now (detached), while the client sends the next one.
         self.maybe_sync(IO_CHUNK as u64);

@@ -81,8 +81,15 @@ pub async fn run(store: Arc<dyn BlobStore>) {
 
     // A writer cannot skip ahead of what is held.
     let u = id(5);
-    let r = s.upload_writer(&u, 10, &[]).await;
+    let r = async {
+        let mut w = s.upload_writer(&u, 10, &[]).await?;
+        w.write(Bytes::from_static(b"x")).await?;
+        w.finish().await
+    }
+    .await;
     assert!(matches!(r, Err(StorageError::OffsetMismatch { .. })), "skipping ahead must fail");
+    let r = async { s.upload_writer(&u, 10, &[]).await?.finish().await }.await;
+    assert!(matches!(r, Err(StorageError::OffsetMismatch { .. })), "even without bytes");
 
     // Abort removes an upload; aborting twice is fine.
     let u = id(6);
