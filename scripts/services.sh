@@ -7,7 +7,7 @@
 #   scripts/services.sh status DIR           say what runs in DIR
 #
 # DIR/env is a shell file to `source`; it exports
-#   BERTH_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/berth
+#   TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/berth
 # Both commands are idempotent: starting a running service only rewrites DIR/env, stopping a
 # stopped one does nothing.
 set -euo pipefail
@@ -140,9 +140,9 @@ start_postgres() {
             -c "CREATE DATABASE berth" || die "could not create database berth"
     fi
     local url="postgres://postgres@127.0.0.1:$port/berth"
-    printf 'export BERTH_TEST_POSTGRES_URL=%s\n' "$url" >"$dir/env.tmp"
+    printf 'export TEST_POSTGRES_URL=%s\n' "$url" >"$dir/env.tmp"
     mv "$dir/env.tmp" "$dir/env"
-    say "wrote $dir/env (BERTH_TEST_POSTGRES_URL=$url)"
+    say "wrote $dir/env (TEST_POSTGRES_URL=$url)"
 }
 
 stop_services() {

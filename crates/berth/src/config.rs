@@ -36,6 +36,61 @@ pub struct RawConfig {
     pub manifests: RawManifests,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
+    pub notifications: RawNotifications,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub enabled: Option<bool>,
+    /// A separate listener for /metrics, the health probes and the admin API.
+    pub listen: Option<String>,
+    pub storage_refresh: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// `off`, `stdout`, or a file path.
+    pub output: Option<Value>,
+    pub pulls: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotifications {
+    #[serde(default)]
+    pub endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub timeout: Option<Value>,
+    #[serde(default)]
+    pub actions: Vec<String>,
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    pub format: Option<String>,
+    #[serde(default)]
+    pub backoff: RawBackoff,
+    pub batch: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackoff {
+    pub initial: Option<Value>,
+    pub max: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +177,18 @@ pub struct Config {
     pub registry: registry::RegistryConfig,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub events: registry::EventsConfig,
+    pub metrics: MetricsSettings,
+}
+
+/// Metrics and the operations listener.
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// Serve /metrics (and /healthz, /readyz, /admin) here instead of on the main listener.
+    pub listen: Option<SocketAddr>,
+    /// How long usage figures are reused between scrapes.
+    pub storage_refresh: Duration,
 }
 
 /// A configuration error, naming the key path.
@@ -207,8 +274,10 @@ pub fn read_file(path: &Path) -> Result<Value, ConfigError> {
     }
 }
 
-/// Overlay `BERTH_*` variables (see the module docs for the mapping rule).
-pub fn apply_env(tree: &mut Value, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+/// Overlay `BERTH_*` variables (see the module docs for the mapping rule). Returns which key
+/// path each variable set, so errors can name the variable.
+pub fn apply_env(tree: &mut Value, vars: impl IntoIterator<Item = (String, String)>) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut set = Vec::new();
     for (key, value) in vars {
         let Some(rest) = key.strip_prefix("BERTH_") else { continue };
         let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
@@ -218,8 +287,9 @@ pub fn apply_env(tree: &mut Value, vars: impl IntoIterator<Item = (String, Strin
         let parsed: Value = serde_saphyr::from_str(&value).unwrap_or(Value::String(value.clone()));
         let parsed = if parsed.is_null() { Value::String(value) } else { parsed };
         set_path(tree, &path, parsed).map_err(|m| err(&key, m))?;
+        set.push((path.join("."), key));
     }
-    Ok(())
+    Ok(set)
 }
 
 fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), String> {
@@ -305,6 +375,79 @@ impl RawConfig {
             return Err(err("log.level", format!("{log_level:?} is not a level (off, error, warn, info, debug, trace) or a filter like info,berth=debug")));
         }
         let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("berth-data"));
+        let audit = match self.audit.output {
+            None | Some(Value::Bool(false)) => registry::AuditSink::Off,
+            Some(Value::String(s)) if s == "off" => registry::AuditSink::Off,
+            Some(Value::String(s)) if s == "stdout" => registry::AuditSink::Stdout,
+            Some(Value::String(s)) if !s.is_empty() => registry::AuditSink::File(PathBuf::from(s)),
+            Some(other) => return Err(err("audit.output", format!("{other} must be off, stdout or a file path"))),
+        };
+        let mut endpoints = Vec::new();
+        for (i, e) in self.notifications.endpoints.into_iter().enumerate() {
+            let at = |k: &str| format!("notifications.endpoints[{i}].{k}");
+            let name = e.name.filter(|n| !n.is_empty()).ok_or_else(|| err(&at("name"), "every endpoint needs a name"))?;
+            if endpoints.iter().any(|x: &registry::WebhookEndpoint| x.name == name) {
+                return Err(err(&at("name"), format!("{name:?} is used twice")));
+            }
+            let url = e.url.ok_or_else(|| err(&at("url"), "every endpoint needs a url"))?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(err(&at("url"), format!("{url:?} must be an http:// or https:// URL")));
+            }
+            for a in &e.actions {
+                if !["push", "pull", "delete", "mount"].contains(&a.as_str()) {
+                    return Err(err(&at("actions"), format!("{a:?} is not one of push, pull, delete, mount")));
+                }
+            }
+            for r in &e.repositories {
+                if r.is_empty() || r.contains(char::is_whitespace) {
+                    return Err(err(&at("repositories"), format!("{r:?} is not a repository pattern")));
+                }
+            }
+            let format = match e.format.as_deref() {
+                None | Some("distribution") => registry::WebhookFormat::Distribution,
+                Some("cloudevents") => registry::WebhookFormat::CloudEvents,
+                Some(other) => return Err(err(&at("format"), format!("{other:?} must be distribution or cloudevents"))),
+            };
+            let backoff_initial = duration(&at("backoff.initial"), e.backoff.initial, Duration::from_secs(1))?;
+            let backoff_max = duration(&at("backoff.max"), e.backoff.max, Duration::from_secs(300))?;
+            if backoff_initial.is_zero() || backoff_max < backoff_initial {
+                return Err(err(&at("backoff"), "initial must be above zero and max at least initial"));
+            }
+            endpoints.push(registry::WebhookEndpoint {
+                name,
+                url,
+                headers: e.headers.into_iter().collect(),
+                timeout: duration(&at("timeout"), e.timeout, Duration::from_secs(10))?,
+                actions: e.actions,
+                repositories: e.repositories,
+                format,
+                backoff_initial,
+                backoff_max,
+                batch: e.batch.unwrap_or(100).clamp(1, 1000),
+            });
+        }
+        let metrics_listen = match self.metrics.listen {
+            None => None,
+            Some(l) => {
+                let a: SocketAddr = l.parse().map_err(|_| err("metrics.listen", format!("{l:?} is not an address like 127.0.0.1:5001")))?;
+                if a == addr {
+                    return Err(err("metrics.listen", "must differ from http.addr (leave it unset to serve /metrics on the main listener)"));
+                }
+                Some(a)
+            }
+        };
+        let metrics = MetricsSettings {
+            enabled: self.metrics.enabled.unwrap_or(true),
+            listen: metrics_listen,
+            storage_refresh: duration("metrics.storage_refresh", self.metrics.storage_refresh, Duration::from_secs(30))?,
+        };
+        let events = registry::EventsConfig {
+            audit,
+            record_pulls: self.audit.pulls.unwrap_or(true),
+            endpoints,
+            source: addr.to_string(),
+            ..Default::default()
+        };
         Ok(Config {
             addr,
             shutdown_grace,
@@ -322,6 +465,8 @@ impl RawConfig {
             },
             log_level,
             log_format,
+            events,
+            metrics,
         })
     }
 }
@@ -339,14 +484,20 @@ pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>
         Some(p) => read_file(p)?,
         None => Value::Object(serde_json::Map::new()),
     };
-    apply_env(&mut tree, env)?;
+    let from_env = apply_env(&mut tree, env)?;
     if let Some(l) = &flags.listen {
         set_path(&mut tree, &["http".into(), "addr".into()], Value::String(l.clone())).map_err(|m| err("--listen", m))?;
     }
     if let Some(d) = &flags.data_dir {
         set_path(&mut tree, &["data_dir".into()], Value::String(d.display().to_string())).map_err(|m| err("--data-dir", m))?;
     }
-    RawConfig::from_tree(tree)?.resolve()
+    RawConfig::from_tree(tree).and_then(RawConfig::resolve).map_err(|mut e| {
+        // Say which variable it was: a stray BERTH_* variable is a common surprise.
+        if let Some((_, var)) = from_env.iter().find(|(path, _)| e.path == *path || e.path.starts_with(&format!("{path}.")) || path.starts_with(&format!("{}.", e.path)) || (e.path == "(root)" && e.message.contains(&format!("`{path}`")))) {
+            e.message = format!("{} (set by the environment variable {var})", e.message);
+        }
+        e
+    })
 }
 
 #[cfg(test)]

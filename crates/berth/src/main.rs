@@ -118,26 +118,96 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: no new connections; finishing requests in flight");
 }
 
+/// Usage figures for `/metrics`, read from the metadata database at scrape time.
+fn usage_provider(registry: registry::Registry) -> server::metrics::StorageTotalsProvider {
+    use server::metrics::{RepoUsage, StorageTotals, TOP_REPOSITORIES, WebhookUsage};
+    Arc::new(move || {
+        let registry = registry.clone();
+        Box::pin(async move {
+            let top = u32::try_from(TOP_REPOSITORIES).unwrap_or(100);
+            let t = registry.storage_totals(top).await.map_err(|e| e.to_string())?;
+            let hooks = registry.webhook_status().await.map_err(|e| e.to_string())?;
+            let count = |n: i64| u64::try_from(n).unwrap_or(0);
+            Ok(StorageTotals {
+                total_bytes: t.total_bytes,
+                blob_count: t.blob_count,
+                open_uploads: t.open_uploads,
+                per_repo: t.per_repo.into_iter().map(|r| RepoUsage { repository: r.repository, bytes: r.bytes, blobs: r.blobs }).collect(),
+                webhooks: hooks
+                    .into_iter()
+                    .map(|w| WebhookUsage { endpoint: w.endpoint, queued: count(w.queued), delivered: count(w.delivered), failed: count(w.failed_attempts) })
+                    .collect(),
+            })
+        })
+    })
+}
+
+/// This node's stable id (kept in the data directory), so that after a restart it takes its
+/// webhook delivery leases back at once instead of waiting for them to expire.
+fn instance_id(data_dir: &std::path::Path) -> String {
+    let path = data_dir.join("instance-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return id.to_owned();
+        }
+    }
+    let id = format!("{:032x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() ^ u128::from(std::process::id()) << 64);
+    if let Err(e) = std::fs::write(&path, &id) {
+        tracing::warn!(error = %e, "could not store the instance id; webhook leases will wait to expire after a restart");
+    }
+    id
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     for dir in [Some(cfg.data_dir.as_path()), cfg.sqlite_path.parent()].into_iter().flatten().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
     }
-    let blobs = storage::fs::FsStore::open(&cfg.blob_root, cfg.fsync).context("opening blob storage")?;
+    let metrics = cfg.metrics.enabled.then(|| server::Metrics::new(server::metrics::MetricsOptions { storage_refresh: cfg.metrics.storage_refresh }));
+    let fs: Arc<dyn storage::BlobStore> = Arc::new(storage::fs::FsStore::open(&cfg.blob_root, cfg.fsync).context("opening blob storage")?);
+    // Every storage call is timed once here, for all drivers.
+    let blobs: Arc<dyn storage::BlobStore> = match &metrics {
+        Some(m) => Arc::new(storage::instrumented::Instrumented::new(fs, m.storage_observer())),
+        None => fs,
+    };
     let meta = meta::MetaStore::open_sqlite(&cfg.sqlite_path, cfg.sqlite_full_sync)
         .await
         .with_context(|| format!("opening metadata database {}", cfg.sqlite_path.display()))?;
-    let registry = registry::Registry::new(meta.clone(), Arc::new(blobs), cfg.registry.clone());
+    let mut events = cfg.events.clone();
+    events.instance = instance_id(&cfg.data_dir);
+    let registry = registry::Registry::with_events(meta.clone(), blobs, cfg.registry.clone(), events);
+    if let Some(m) = &metrics {
+        m.set_storage_totals(usage_provider(registry.clone()));
+    }
     let stop = CancellationToken::new();
     let janitor = registry.spawn_janitor(stop.clone());
+    let event_tasks = registry.spawn_events(stop.clone());
     let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address without authentication: anyone who can reach it can push, pull and delete");
     }
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "berth listening");
-    server::serve(listener, server::router(registry), shutdown_signal(), cfg.shutdown_grace).await?;
+    let ops = match cfg.metrics.listen {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding metrics.listen {a}"))?;
+            tracing::info!(addr = %l.local_addr()?, "metrics, health probes and admin API listening");
+            let app = server::ops_router(registry.clone(), metrics.clone());
+            let stop = stop.clone();
+            Some(tokio::spawn(async move { server::serve(l, app, async move { stop.cancelled().await }, std::time::Duration::from_secs(1)).await }))
+        }
+        None => None,
+    };
+    let obs = server::Observability { metrics: metrics.clone(), metrics_on_main: cfg.metrics.listen.is_none() };
+    server::serve(listener, server::router_with(registry, obs), shutdown_signal(), cfg.shutdown_grace).await?;
     stop.cancel();
+    if let Some(t) = ops {
+        let _ = t.await;
+    }
     let _ = janitor.await;
+    for t in event_tasks {
+        let _ = t.await;
+    }
     meta.close().await;
     tracing::info!("stopped");
     Ok(())

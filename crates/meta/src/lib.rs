@@ -9,12 +9,14 @@
 //! On SQLite all writes go through one connection, so write transactions never meet
 //! `SQLITE_BUSY`; reads use a separate pool and, in WAL mode, never wait for writes.
 
+mod events;
 mod schema;
 mod store;
 pub mod testsuite;
 
+pub use events::{Delivery, EndpointStatus, Event, EventFilter, NewEvent};
 pub use store::{
-    MetaStore, NewManifest, Referrer, StoredManifest, TagPage, UploadSession, UploadUpdate,
+    MetaStore, NewManifest, Referrer, RepoUsage, StorageTotals, StoredManifest, TagPage, UploadSession, UploadUpdate,
 };
 
 /// Why a metadata operation failed.

@@ -75,6 +75,47 @@ CREATE TABLE uploads (
     updated_at BIGINT NOT NULL
 );
 CREATE INDEX uploads_updated ON uploads (updated_at);
+", r"
+-- What happened, for the audit log and webhooks. Rows are written in the transaction of the
+-- change they describe (pulls, which change nothing, in batches).
+CREATE TABLE events (
+    id {ID},
+    created_at BIGINT NOT NULL,
+    action TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    digest TEXT,
+    tag TEXT,
+    media_type TEXT,
+    size BIGINT,
+    from_repository TEXT,
+    actor TEXT,
+    address TEXT,
+    request_id TEXT,
+    user_agent TEXT,
+    method TEXT
+);
+CREATE INDEX events_repository ON events (repository, id);
+CREATE INDEX events_created ON events (created_at);
+-- The webhook outbox: one row per event and endpoint that wants it, written with the event.
+CREATE TABLE webhook_queue (
+    id {ID},
+    endpoint TEXT NOT NULL,
+    event_id BIGINT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX webhook_queue_endpoint ON webhook_queue (endpoint, id);
+-- Which node delivers an endpoint's queue (one at a time keeps per-repository order).
+CREATE TABLE webhook_leases (
+    endpoint TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    until BIGINT NOT NULL,
+    delivered BIGINT NOT NULL DEFAULT 0,
+    failed BIGINT NOT NULL DEFAULT 0,
+    last_error TEXT,
+    last_success_at BIGINT
+);
 "];
 
 /// The statements of migration `index` for `dialect`.

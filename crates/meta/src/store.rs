@@ -9,6 +9,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use futures::future::BoxFuture;
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
+use crate::events::{NewEvent, insert_events};
 use crate::schema::{self, Dialect};
 use crate::{MetaError, Result};
 
@@ -16,11 +17,11 @@ use crate::{MetaError, Result};
 #[derive(Debug, Clone)]
 pub struct MetaStore {
     /// Pool for reads.
-    read: AnyPool,
+    pub(crate) read: AnyPool,
     /// Pool for writes. For SQLite it has one connection, which serializes writers in-process
     /// (SQLite allows one writer at a time anyway, and waiting in the pool is cheaper and fairer
     /// than retrying `SQLITE_BUSY`). For PostgreSQL it is the same pool as `read`.
-    write: AnyPool,
+    pub(crate) write: AnyPool,
     dialect: Dialect,
 }
 
@@ -85,6 +86,25 @@ pub struct UploadUpdate<'a> {
     pub driver_state: &'a [u8],
 }
 
+/// Usage figures for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageTotals {
+    pub total_bytes: u64,
+    pub blob_count: u64,
+    pub open_uploads: u64,
+    /// The largest repositories, by bytes of linked blobs (a blob shared by two repositories
+    /// counts in each).
+    pub per_repo: Vec<RepoUsage>,
+}
+
+/// One repository's usage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoUsage {
+    pub repository: String,
+    pub bytes: u64,
+    pub blobs: u64,
+}
+
 /// A page of a name listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagPage {
@@ -118,7 +138,7 @@ fn to_u64(row: &AnyRow, col: &str) -> Result<u64> {
     u64::try_from(n).map_err(|_| MetaError::Corrupt(format!("{col} is negative")))
 }
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 impl MetaStore {
     /// Open (creating if needed) the SQLite database at `path` and bring its schema up to date.
@@ -228,7 +248,7 @@ impl MetaStore {
 
     /// Record a stored blob and link it to `repo`, creating the repository if needed. When an
     /// upload session is given it is removed in the same transaction.
-    pub async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64, finished_upload: Option<&UploadId>) -> Result<()> {
+    pub async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64, finished_upload: Option<&UploadId>, events: &[NewEvent]) -> Result<()> {
         let mut tx = self.write.begin().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
         let now = now_ms();
@@ -247,37 +267,45 @@ impl MetaStore {
         if let Some(id) = finished_upload {
             sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
         }
+        insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Link a blob some repository already holds to `repo` (a cross-repository mount).
     /// Returns its size, or `None` if the blob is not known (or not in `from`, when given).
-    pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Option<u64>> {
+    pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>, events: &[NewEvent]) -> Result<Option<u64>> {
         let size = match from {
             Some(from) => self.blob_in_repo(from, digest).await?,
             None => self.blob_anywhere(digest).await?,
         };
         let Some(size) = size else { return Ok(None) };
-        self.link_blob(repo, digest, size, None).await?;
+        let events: Vec<NewEvent> = events.iter().map(|e| NewEvent { size: Some(size), ..e.clone() }).collect();
+        self.link_blob(repo, digest, size, None, &events).await?;
         Ok(Some(size))
     }
 
     /// Remove the link between `repo` and `digest`. Returns whether there was one.
-    pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+    pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest, events: &[NewEvent]) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
         let r = sqlx::query("DELETE FROM repository_blobs WHERE digest = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)")
             .bind(repo.as_str())
             .bind(digest.as_str())
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
-        Ok(r.rows_affected() > 0)
+        let found = r.rows_affected() > 0;
+        if found {
+            insert_events(&mut tx, events).await?;
+        }
+        tx.commit().await?;
+        Ok(found)
     }
 
     // ---- manifests and tags ----
 
     /// Record a manifest in `repo` and point `tags` at it, in one transaction. Fails with
     /// `MissingBlob`/`MissingManifest` (and changes nothing) when a reference is absent.
-    pub async fn put_manifest(&self, repo: &RepoName, m: &NewManifest<'_>, tags: &[Tag]) -> Result<()> {
+    pub async fn put_manifest(&self, repo: &RepoName, m: &NewManifest<'_>, tags: &[Tag], events: &[NewEvent]) -> Result<()> {
         let mut tx = self.write.begin().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
         if let Some(missing) = Self::first_missing(&mut tx, "repository_blobs", "digest", repo_id, &m.blobs).await? {
@@ -323,6 +351,7 @@ impl MetaStore {
             .execute(&mut *tx)
             .await?;
         }
+        insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -402,7 +431,7 @@ impl MetaStore {
     }
 
     /// Delete a manifest and every tag pointing at it. Returns whether it existed.
-    pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+    pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest, events: &[NewEvent]) -> Result<bool> {
         let Some(repo_id) = self.repo_id(repo).await? else { return Ok(false) };
         let mut tx = self.write.begin().await?;
         let deleted = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
@@ -418,18 +447,27 @@ impl MetaStore {
         ] {
             sqlx::query(stmt).bind(repo_id).bind(digest.as_str()).execute(&mut *tx).await?;
         }
+        if deleted > 0 {
+            insert_events(&mut tx, events).await?;
+        }
         tx.commit().await?;
         Ok(deleted > 0)
     }
 
     /// Delete one tag. Returns whether it existed.
-    pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+    pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag, events: &[NewEvent]) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
         let r = sqlx::query("DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)")
             .bind(repo.as_str())
             .bind(tag.as_str())
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
-        Ok(r.rows_affected() > 0)
+        let found = r.rows_affected() > 0;
+        if found {
+            insert_events(&mut tx, events).await?;
+        }
+        tx.commit().await?;
+        Ok(found)
     }
 
     /// Tags of `repo` after `last`, in byte order, at most `limit`. `None` if the repository
@@ -547,6 +585,33 @@ impl MetaStore {
     pub async fn upload_exists(&self, id: &UploadId) -> Result<bool> {
         let row = sqlx::query("SELECT 1 AS x FROM uploads WHERE id = $1").bind(id.as_str()).fetch_optional(&self.read).await?;
         Ok(row.is_some())
+    }
+
+    // ---- usage (metrics) ----
+
+    /// Stored bytes and blobs in total, open upload sessions, and the `top` repositories by the
+    /// bytes of the blobs linked to them. Full scans: call at most every few seconds.
+    pub async fn storage_totals(&self, top: u32) -> Result<StorageTotals> {
+        // SUM(bigint) is NUMERIC on PostgreSQL, which the Any driver cannot decode: cast.
+        let t = sqlx::query("SELECT COUNT(*) AS blobs, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes FROM blobs").fetch_one(&self.read).await?;
+        let u = sqlx::query("SELECT COUNT(*) AS uploads FROM uploads").fetch_one(&self.read).await?;
+        let rows = sqlx::query(
+            "SELECT r.name AS name, CAST(SUM(b.size) AS BIGINT) AS bytes, COUNT(*) AS blobs \
+             FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id JOIN blobs b ON b.digest = rb.digest \
+             GROUP BY r.name ORDER BY bytes DESC, r.name LIMIT $1",
+        )
+        .bind(i64::from(top))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(StorageTotals {
+            total_bytes: to_u64(&t, "bytes")?,
+            blob_count: to_u64(&t, "blobs")?,
+            open_uploads: to_u64(&u, "uploads")?,
+            per_repo: rows
+                .iter()
+                .map(|r| Ok(RepoUsage { repository: r.try_get("name")?, bytes: to_u64(r, "bytes")?, blobs: to_u64(r, "blobs")? }))
+                .collect::<Result<_>>()?,
+        })
     }
 
     // ---- consistency checks (tests, fsck) ----

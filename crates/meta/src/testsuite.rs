@@ -22,16 +22,16 @@ pub async fn run(m: &MetaStore) {
 
     // Blobs are served only where linked; a mount links without copying.
     assert_eq!(m.blob_in_repo(&a, &layer).await.expect("q"), None);
-    m.link_blob(&a, &layer, 5, None).await.expect("link");
-    m.link_blob(&a, &layer, 5, None).await.expect("link twice");
-    m.link_blob(&a, &config, 6, None).await.expect("link");
+    m.link_blob(&a, &layer, 5, None, &[]).await.expect("link");
+    m.link_blob(&a, &layer, 5, None, &[]).await.expect("link twice");
+    m.link_blob(&a, &config, 6, None, &[]).await.expect("link");
     assert_eq!(m.blob_in_repo(&a, &layer).await.expect("q"), Some(5));
     assert_eq!(m.blob_in_repo(&b, &layer).await.expect("q"), None);
-    assert_eq!(m.mount_blob(&b, &layer, Some(&repo("none"))).await.expect("mount"), None);
-    assert_eq!(m.mount_blob(&b, &layer, Some(&a)).await.expect("mount"), Some(5));
+    assert_eq!(m.mount_blob(&b, &layer, Some(&repo("none")), &[]).await.expect("mount"), None);
+    assert_eq!(m.mount_blob(&b, &layer, Some(&a), &[]).await.expect("mount"), Some(5));
     assert_eq!(m.blob_in_repo(&b, &layer).await.expect("q"), Some(5));
-    assert!(m.unlink_blob(&b, &layer).await.expect("unlink"));
-    assert!(!m.unlink_blob(&b, &layer).await.expect("unlink"));
+    assert!(m.unlink_blob(&b, &layer, &[]).await.expect("unlink"));
+    assert!(!m.unlink_blob(&b, &layer, &[]).await.expect("unlink"));
     assert_eq!(m.blob_anywhere(&layer).await.expect("q"), Some(5));
 
     // Manifests check their references in the same transaction.
@@ -49,11 +49,11 @@ pub async fn run(m: &MetaStore) {
         blobs: vec![&config, &layer, &missing],
         children: vec![],
     };
-    assert!(matches!(m.put_manifest(&a, &nm, &[tag("v1")]).await, Err(MetaError::MissingBlob(d)) if d == missing.as_str()));
+    assert!(matches!(m.put_manifest(&a, &nm, &[tag("v1")], &[]).await, Err(MetaError::MissingBlob(d)) if d == missing.as_str()));
     assert!(m.manifest_by_tag(&a, &tag("v1")).await.expect("q").is_none());
     nm.blobs.pop();
-    m.put_manifest(&a, &nm, &[tag("v1"), tag("latest")]).await.expect("put");
-    m.put_manifest(&a, &nm, &[tag("v1")]).await.expect("put again");
+    m.put_manifest(&a, &nm, &[tag("v1"), tag("latest")], &[]).await.expect("put");
+    m.put_manifest(&a, &nm, &[tag("v1")], &[]).await.expect("put again");
     let got = m.manifest_by_tag(&a, &tag("latest")).await.expect("q").expect("found");
     assert_eq!(got.digest, digest);
     assert_eq!(got.content, body);
@@ -74,9 +74,9 @@ pub async fn run(m: &MetaStore) {
         blobs: vec![],
         children: vec![&digest, &missing],
     };
-    assert!(matches!(m.put_manifest(&a, &ni, &[]).await, Err(MetaError::MissingManifest(_))));
+    assert!(matches!(m.put_manifest(&a, &ni, &[], &[]).await, Err(MetaError::MissingManifest(_))));
     ni.children.pop();
-    m.put_manifest(&a, &ni, &[tag("multi")]).await.expect("put index");
+    m.put_manifest(&a, &ni, &[tag("multi")], &[]).await.expect("put index");
 
     // Referrers, with and without a filter.
     let refs = m.referrers(&a, &subject, None).await.expect("referrers");
@@ -91,7 +91,7 @@ pub async fn run(m: &MetaStore) {
 
     // Tags: byte order, keyset pages; the last write wins.
     for t in ["b", "A", "a", "c-1", "c_1", "Z"] {
-        m.put_manifest(&a, &nm, &[tag(t)]).await.expect("tag");
+        m.put_manifest(&a, &nm, &[tag(t)], &[]).await.expect("tag");
     }
     let all = m.list_tags(&a, None, 100).await.expect("q").expect("repo");
     assert_eq!(all.names, ["A", "Z", "a", "b", "c-1", "c_1", "latest", "multi", "v1"]);
@@ -101,15 +101,15 @@ pub async fn run(m: &MetaStore) {
     let p2 = m.list_tags(&a, Some("a"), 100).await.expect("q").expect("repo");
     assert_eq!(p2.names.first().map(String::as_str), Some("b"));
     assert!(m.list_tags(&repo("nope"), None, 10).await.expect("q").is_none());
-    m.put_manifest(&a, &ni, &[tag("v1")]).await.expect("move tag");
+    m.put_manifest(&a, &ni, &[tag("v1")], &[]).await.expect("move tag");
     assert_eq!(m.manifest_by_tag(&a, &tag("v1")).await.expect("q").expect("found").digest, index);
 
     // Deleting a tag leaves the manifest; deleting a manifest takes its tags.
-    assert!(m.delete_tag(&a, &tag("v1")).await.expect("delete tag"));
-    assert!(!m.delete_tag(&a, &tag("v1")).await.expect("delete tag"));
+    assert!(m.delete_tag(&a, &tag("v1"), &[]).await.expect("delete tag"));
+    assert!(!m.delete_tag(&a, &tag("v1"), &[]).await.expect("delete tag"));
     assert!(m.manifest_by_digest(&a, &index).await.expect("q").is_some());
-    assert!(m.delete_manifest(&a, &digest).await.expect("delete"));
-    assert!(!m.delete_manifest(&a, &digest).await.expect("delete"));
+    assert!(m.delete_manifest(&a, &digest, &[]).await.expect("delete"));
+    assert!(!m.delete_manifest(&a, &digest, &[]).await.expect("delete"));
     assert!(m.manifest_by_tag(&a, &tag("latest")).await.expect("q").is_none());
     assert_eq!(m.list_tags(&a, None, 100).await.expect("q").expect("repo").names, ["multi"]);
 
@@ -132,9 +132,18 @@ pub async fn run(m: &MetaStore) {
     assert!(m.expired_uploads(std::time::Duration::from_secs(3600)).await.expect("q").is_empty());
     assert!(m.upload_exists(&id).await.expect("q"));
     let blob = Digest::sha256_of(b"uploaded");
-    m.link_blob(&a, &blob, 8, Some(&id)).await.expect("finish");
+    m.link_blob(&a, &blob, 8, Some(&id), &[]).await.expect("finish");
     assert!(m.upload(&id).await.expect("q").is_none());
     assert!(!m.delete_upload(&id).await.expect("delete"));
     assert!(m.all_blobs().await.expect("q").iter().any(|(d, s)| *d == blob && *s == 8));
+    // Usage: unique blob bytes in total, linked bytes per repository, open sessions.
+    let totals = m.storage_totals(10).await.expect("totals");
+    let all = m.all_blobs().await.expect("q");
+    assert_eq!(totals.blob_count, all.len() as u64);
+    assert_eq!(totals.total_bytes, all.iter().map(|(_, s)| s).sum::<u64>());
+    assert_eq!(totals.open_uploads, 0);
+    assert_eq!(totals.per_repo[0].repository, "team/a");
+    assert_eq!((totals.per_repo[0].bytes, totals.per_repo[0].blobs), (5 + 6 + 8, 3));
+    assert_eq!(m.storage_totals(0).await.expect("totals").per_repo.len(), 0);
     m.ping().await.expect("ping");
 }

@@ -2,7 +2,7 @@
 //! migrating together, writers racing through separate pools, and the upload compare-and-set
 //! across nodes.
 //!
-//! Needs `BERTH_TEST_POSTGRES_URL` (a database the tests may connect to and `CREATE DATABASE`
+//! Needs `TEST_POSTGRES_URL` (a database the tests may connect to and `CREATE DATABASE`
 //! from); each test works in a fresh database of its own. Start a private server with
 //!
 //! ```sh
@@ -26,12 +26,12 @@ const NOT_CONFIGURED: &str = "PostgreSQL not configured: run scripts/services.sh
 
 /// The server's URL, or `None` (after a notice) when a developer runs without PostgreSQL.
 fn server_url() -> Option<String> {
-    match std::env::var("BERTH_TEST_POSTGRES_URL") {
+    match std::env::var("TEST_POSTGRES_URL") {
         Ok(url) if !url.trim().is_empty() => Some(url),
         _ => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{NOT_CONFIGURED} (BERTH_TEST_POSTGRES_URL is unset and CI=true)");
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{NOT_CONFIGURED} (TEST_POSTGRES_URL is unset and CI=true)");
             // Straight to the stderr handle: libtest captures `eprintln!` of passing tests.
-            let notice = format!("\n*** SKIPPED, NOT TESTED ON POSTGRESQL: {NOT_CONFIGURED} (BERTH_TEST_POSTGRES_URL is unset) ***\n");
+            let notice = format!("\n*** SKIPPED, NOT TESTED ON POSTGRESQL: {NOT_CONFIGURED} (TEST_POSTGRES_URL is unset) ***\n");
             let _ = std::io::stderr().write_all(notice.as_bytes());
             None
         }
@@ -199,8 +199,8 @@ async fn concurrent_writers_on_separate_nodes_all_succeed() {
             };
             tokio::spawn(async move {
                 // A fresh repository, created by whichever writer gets there first.
-                node.link_blob(&repo_name, &layer, 12, None).await?;
-                node.link_blob(&repo_name, &config, 13, None).await?;
+                node.link_blob(&repo_name, &layer, 12, None, &[]).await?;
+                node.link_blob(&repo_name, &config, 13, None, &[]).await?;
                 let nm = NewManifest {
                     digest: &digest,
                     media_type: oci::media::OCI_MANIFEST,
@@ -211,7 +211,7 @@ async fn concurrent_writers_on_separate_nodes_all_succeed() {
                     blobs: vec![&config, &layer],
                     children: vec![],
                 };
-                node.put_manifest(&repo_name, &nm, &tags).await?;
+                node.put_manifest(&repo_name, &nm, &tags, &[]).await?;
                 Ok::<_, MetaError>(())
             })
         })
@@ -292,7 +292,7 @@ async fn upload_compare_and_set_holds_across_nodes() {
 
     // A session finished on one node is gone for the other.
     let blob = Digest::sha256_of(b"done");
-    a.link_blob(&r, &blob, 205, Some(&id)).await.expect("finish");
+    a.link_blob(&r, &blob, 205, Some(&id), &[]).await.expect("finish");
     let late = UploadUpdate { id: &id, expected_offset: 205, offset: 210, hash_state: b"x", driver_state: b"x" };
     assert!(matches!(b.update_upload(&late).await, Err(MetaError::Conflict)));
     assert!(b.upload(&id).await.expect("q").is_none());

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     TagInvalid,
     RangeInvalid,
     PaginationNumberInvalid,
+    /// A malformed query parameter outside the distribution API (admin endpoints).
+    QueryInvalid,
     Unauthorized,
     Denied,
     Unsupported,
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::TagInvalid => "TAG_INVALID",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            ErrorCode::QueryInvalid => "QUERY_INVALID",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",

@@ -11,15 +11,19 @@
 
 mod cache;
 mod error;
+pub mod events;
 mod janitor;
 mod manifests;
+pub mod time;
 mod uploads;
+mod webhooks;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use error::Error;
+pub use events::{AuditSink, EventsConfig, REQUEST, RequestContext, WebhookEndpoint, WebhookFormat};
 pub use janitor::Sweep;
 pub use manifests::{ManifestPut, Page, Referrers, MAX_PAGE};
 pub use uploads::once;
@@ -73,12 +77,20 @@ struct Inner {
     /// the same session is refused rather than interleaving bytes. (The database's
     /// compare-and-set on the offset catches the same race across nodes.)
     busy_uploads: Mutex<HashSet<oci::UploadId>>,
+    /// Audit and webhook plumbing.
+    events: events::EventsRuntime,
 }
 
 impl Registry {
     pub fn new(meta: MetaStore, blobs: Arc<dyn BlobStore>, config: RegistryConfig) -> Registry {
+        Registry::with_events(meta, blobs, config, EventsConfig::default())
+    }
+
+    /// A registry that records events as `events` says (audit sink, webhooks, pulls).
+    pub fn with_events(meta: MetaStore, blobs: Arc<dyn BlobStore>, config: RegistryConfig, events: EventsConfig) -> Registry {
         let cache = cache::ManifestCache::new(config.manifest_cache_bytes);
-        Registry { inner: Arc::new(Inner { meta, blobs, config, cache, busy_uploads: Mutex::default() }) }
+        let events = events::EventsRuntime::new(events);
+        Registry { inner: Arc::new(Inner { meta, blobs, config, cache, busy_uploads: Mutex::default(), events }) }
     }
 
     pub fn config(&self) -> &RegistryConfig {
@@ -91,6 +103,11 @@ impl Registry {
 
     pub fn blobs(&self) -> &Arc<dyn BlobStore> {
         &self.inner.blobs
+    }
+
+    /// Usage figures for metrics (see [`meta::MetaStore::storage_totals`]).
+    pub async fn storage_totals(&self, top: u32) -> Result<meta::StorageTotals> {
+        Ok(self.inner.meta.storage_totals(top).await?)
     }
 
     /// Whether the database answers (for readiness probes).

@@ -7,6 +7,7 @@ use meta::{NewManifest, StoredManifest};
 use oci::{Digest, Reference, RepoName, Tag};
 use serde::Serialize;
 
+use crate::events::EventFacts;
 use crate::{Error, Registry, Result};
 
 /// Largest page of tags or repositories returned at once; a client asking for more gets this
@@ -98,37 +99,82 @@ impl Registry {
             blobs: parsed.blobs.iter().filter(|b| !b.external).map(|b| &b.digest).collect(),
             children: parsed.manifests.iter().map(|m| &m.digest).collect(),
         };
-        let result = self.inner.meta.put_manifest(repo, &record, &tags).await;
+        // One push event per tag (Distribution's shape), or one untagged event.
+        let tag_names: Vec<Option<String>> = if tags.is_empty() { vec![None] } else { tags.iter().map(|t| Some(t.to_string())).collect() };
+        let events: Vec<_> = tag_names
+            .into_iter()
+            .map(|tag| {
+                self.event(EventFacts {
+                    action: "push",
+                    repo,
+                    digest: Some(digest.to_string()),
+                    tag,
+                    media_type: Some(parsed.media_type.clone()),
+                    size: Some(body.len() as u64),
+                    from: None,
+                })
+            })
+            .collect();
+        let result = self.inner.meta.put_manifest(repo, &record, &tags, &events).await;
         self.inner.cache.invalidate(repo);
         result?;
+        self.committed(&events);
         Ok(ManifestPut { digest, subject: parsed.subject })
     }
 
     /// The manifest `reference` points at in `repo`.
     pub async fn manifest_get(&self, repo: &RepoName, reference: &Reference) -> Result<Arc<StoredManifest>> {
         let key = reference.to_string();
-        if let Some(m) = self.inner.cache.get(repo, &key) {
-            return Ok(m);
-        }
+        let m = match self.inner.cache.get(repo, &key) {
+            Some(m) => m,
+            None => self.manifest_lookup(repo, reference, &key).await?,
+        };
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.to_string()),
+            Reference::Digest(_) => None,
+        };
+        self.pulled(EventFacts {
+            action: "pull",
+            repo,
+            digest: Some(m.digest.to_string()),
+            tag,
+            media_type: Some(m.media_type.clone()),
+            size: Some(m.content.len() as u64),
+            from: None,
+        });
+        Ok(m)
+    }
+
+    async fn manifest_lookup(&self, repo: &RepoName, reference: &Reference, key: &str) -> Result<Arc<StoredManifest>> {
         let generation = self.inner.cache.generation();
         let found = match reference {
             Reference::Tag(t) => self.inner.meta.manifest_by_tag(repo, t).await?,
             Reference::Digest(d) => self.inner.meta.manifest_by_digest(repo, d).await?,
         };
         let m = Arc::new(found.ok_or(Error::ManifestUnknown)?);
-        self.inner.cache.put(generation, repo, &key, m.clone());
+        self.inner.cache.put(generation, repo, key, m.clone());
         Ok(m)
     }
 
     /// Delete a tag (only the tag), or a manifest by digest (with every tag pointing at it).
     pub async fn manifest_delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.require_delete()?;
+        let (digest, tag) = match reference {
+            Reference::Tag(t) => (None, Some(t.to_string())),
+            Reference::Digest(d) => (Some(d.to_string()), None),
+        };
+        let events = [self.event(EventFacts { action: "delete", repo, digest, tag, media_type: None, size: None, from: None })];
         let found = match reference {
-            Reference::Tag(t) => self.inner.meta.delete_tag(repo, t).await,
-            Reference::Digest(d) => self.inner.meta.delete_manifest(repo, d).await,
+            Reference::Tag(t) => self.inner.meta.delete_tag(repo, t, &events).await,
+            Reference::Digest(d) => self.inner.meta.delete_manifest(repo, d, &events).await,
         };
         self.inner.cache.invalidate(repo);
-        if found? { Ok(()) } else { Err(Error::ManifestUnknown) }
+        if found? {
+            self.committed(&events);
+            Ok(())
+        } else {
+            Err(Error::ManifestUnknown)
+        }
     }
 
     /// Tags of `repo` in lexical (byte) order after `last`; all of them (up to [`MAX_PAGE`])

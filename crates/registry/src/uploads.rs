@@ -11,7 +11,11 @@ use futures::StreamExt;
 use oci::{Algorithm, ByteRange, Digest, Hasher, RepoName, UploadId};
 use storage::{ByteStream, UploadWriter};
 
+use crate::events::EventFacts;
 use crate::{Error, Registry, Result};
+
+/// The media type events report for blobs.
+const BLOB_MEDIA_TYPE: &str = "application/octet-stream";
 
 /// Where an upload session stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,13 +147,22 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         };
+        if range.is_none() {
+            self.pulled(EventFacts { action: "pull", repo, digest: Some(digest.to_string()), tag: None, media_type: Some(BLOB_MEDIA_TYPE.into()), size: Some(size), from: None });
+        }
         Ok(BlobRead { size, range, body })
     }
 
     /// Unlink `digest` from `repo`. The bytes stay until garbage collection finds no user.
     pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.require_delete()?;
-        if self.inner.meta.unlink_blob(repo, digest).await? { Ok(()) } else { Err(Error::BlobUnknown(digest.clone())) }
+        let events = [self.event(EventFacts { action: "delete", repo, digest: Some(digest.to_string()), tag: None, media_type: Some(BLOB_MEDIA_TYPE.into()), size: None, from: None })];
+        if self.inner.meta.unlink_blob(repo, digest, &events).await? {
+            self.committed(&events);
+            Ok(())
+        } else {
+            Err(Error::BlobUnknown(digest.clone()))
+        }
     }
 
     /// Open an upload session.
@@ -162,7 +175,12 @@ impl Registry {
     /// Cross-repository mount. `Ok(false)` when the blob is not available to mount (the caller
     /// then opens an ordinary upload session, as the spec asks).
     pub async fn blob_mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
-        Ok(self.inner.meta.mount_blob(repo, digest, from).await?.is_some())
+        let events = [self.event(EventFacts { action: "mount", repo, digest: Some(digest.to_string()), tag: None, media_type: Some(BLOB_MEDIA_TYPE.into()), size: None, from })];
+        let mounted = self.inner.meta.mount_blob(repo, digest, from, &events).await?.is_some();
+        if mounted {
+            self.committed(&events);
+        }
+        Ok(mounted)
     }
 
     /// Where session `id` stands.
@@ -305,7 +323,9 @@ impl Registry {
             }
             None => self.inner.blobs.commit_upload(id, size, driver_state, digest).await?,
         }
-        self.inner.meta.link_blob(repo, digest, size, has_session.then_some(id)).await?;
+        let events = [self.event(EventFacts { action: "push", repo, digest: Some(digest.to_string()), tag: None, media_type: Some(BLOB_MEDIA_TYPE.into()), size: Some(size), from: None })];
+        self.inner.meta.link_blob(repo, digest, size, has_session.then_some(id), &events).await?;
+        self.committed(&events);
         Ok(())
     }
 }

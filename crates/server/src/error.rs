@@ -22,7 +22,8 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | ErrorCode::NameInvalid
         | ErrorCode::SizeInvalid
         | ErrorCode::TagInvalid
-        | ErrorCode::PaginationNumberInvalid => StatusCode::BAD_REQUEST,
+        | ErrorCode::PaginationNumberInvalid
+        | ErrorCode::QueryInvalid => StatusCode::BAD_REQUEST,
         ErrorCode::ManifestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,

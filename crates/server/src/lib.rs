@@ -4,9 +4,12 @@
 //! This is the only crate that knows axum. It knows nothing about SQL or file paths: it parses
 //! requests into domain types, calls the [`registry::Registry`] engine once, and shapes the answer.
 
+mod admin;
 pub mod error;
 mod handlers;
+mod health;
 mod log;
+pub mod metrics;
 pub mod routes;
 
 use std::future::Future;
@@ -23,14 +26,46 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 use handlers::{ApiResult, Query};
+pub use metrics::Metrics;
 use routes::Route;
 
-/// Build the router for `registry`.
+/// Build the router for `registry`: the distribution API plus `/healthz` and `/readyz`.
 pub fn router(registry: Registry) -> Router {
-    Router::new()
-        .fallback(dispatch)
-        .with_state(registry)
-        .layer(axum::middleware::from_fn(log::log_request))
+    router_with(registry, Observability::default())
+}
+
+/// What the main listener exposes besides the API and the health probes.
+#[derive(Clone, Default)]
+pub struct Observability {
+    /// Record HTTP metrics into these (`None`: no metrics).
+    pub metrics: Option<Metrics>,
+    /// Also serve `GET /metrics` on the main listener (when no separate metrics listener is
+    /// configured).
+    pub metrics_on_main: bool,
+}
+
+/// Build the router for `registry` with `obs`: the API, `/healthz`, `/readyz`, and `/metrics`
+/// when `obs.metrics_on_main`; every request recorded in `obs.metrics` and logged.
+pub fn router_with(registry: Registry, obs: Observability) -> Router {
+    let mut app = Router::new().fallback(dispatch).with_state(registry.clone()).merge(health::routes(registry.clone())).merge(admin::routes(registry));
+    if let Some(m) = obs.metrics {
+        if obs.metrics_on_main {
+            app = app.merge(metrics::routes(m.clone()));
+        }
+        app = app.layer(axum::middleware::from_fn_with_state(m, metrics::track));
+    }
+    app.layer(axum::middleware::from_fn(log::log_request))
+}
+
+/// The router for a separate operations listener: `/healthz`, `/readyz`, the admin API
+/// (`/admin/audit`, `/admin/webhooks`), and `/metrics` when `metrics` is given. Its requests are
+/// neither logged nor counted in the HTTP metrics.
+pub fn ops_router(registry: Registry, metrics: Option<Metrics>) -> Router {
+    let app = health::routes(registry.clone()).merge(admin::routes(registry));
+    match metrics {
+        Some(m) => app.merge(metrics::routes(m)),
+        None => app,
+    }
 }
 
 /// The one entry point for every request: parse the path into a [`Route`], then hand the parsed
@@ -85,7 +120,9 @@ fn finish(result: ApiResult, route: Option<&Route>) -> Response {
 /// requests finish for at most `grace`, and return.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static, grace: Duration) -> std::io::Result<()> {
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    // Connection info gives the request log and events the client's address.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = stopping_tx.send(());
     });

@@ -7,6 +7,7 @@
 //! present under its digest or absent, whatever crashes when.
 
 pub mod fs;
+pub mod instrumented;
 pub mod testsuite;
 
 use std::io;

@@ -1,0 +1,94 @@
+//! The admin API: the audit log and webhook delivery state, as JSON.
+//!
+//! `GET /admin/audit?repository=&user=&action=&since=&until=&after=&limit=` lists recorded
+//! events oldest first (`since`/`until` in RFC 3339 or milliseconds since the epoch; `after` an
+//! event id, for paging). `GET /admin/webhooks` shows each endpoint's queue and delivery counts.
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use oci::ErrorCode;
+use registry::Registry;
+
+use crate::error::ApiError;
+use crate::handlers::Query;
+
+fn millis(name: &str, v: &str) -> Result<i64, ApiError> {
+    if let Ok(n) = v.parse::<i64>() {
+        return Ok(n);
+    }
+    parse_rfc3339(v).ok_or_else(|| ApiError::new(ErrorCode::QueryInvalid, format!("{name}: {v:?} is not RFC 3339 or epoch milliseconds")))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` to epoch milliseconds (UTC only; what the audit log writes).
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
+    // Days from civil (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms)
+}
+
+/// The admin routes.
+pub fn routes(registry: Registry) -> Router {
+    Router::new()
+        .route(
+            "/admin/audit",
+            get(|State(reg): State<Registry>, RawQuery(q): RawQuery| async move {
+                let r = match Query::parse(q.as_deref()) {
+                    Ok(query) => audit(&reg, &query).await,
+                    Err(e) => Err(e),
+                };
+                r.unwrap_or_else(IntoResponse::into_response)
+            }),
+        )
+        .route("/admin/webhooks", get(|State(reg): State<Registry>| async move { webhooks(&reg).await.unwrap_or_else(IntoResponse::into_response) }))
+        .with_state(registry)
+}
+
+pub async fn audit(reg: &Registry, query: &Query) -> Result<Response, ApiError> {
+    let filter = meta::EventFilter {
+        repository: query.get("repository").map(str::to_owned),
+        actor: query.get("user").map(str::to_owned),
+        action: query.get("action").map(str::to_owned),
+        since: query.get("since").map(|v| millis("since", v)).transpose()?,
+        until: query.get("until").map(|v| millis("until", v)).transpose()?,
+        after_id: query.get("after").and_then(|v| v.parse().ok()),
+        limit: query.get("limit").and_then(|v| v.parse().ok()).unwrap_or(1000),
+    };
+    let events = reg.audit(&filter).await?;
+    Ok((StatusCode::OK, axum::Json(serde_json::json!({ "events": events }))).into_response())
+}
+
+pub async fn webhooks(reg: &Registry) -> Result<Response, ApiError> {
+    let status = reg.webhook_status().await?;
+    Ok((StatusCode::OK, axum::Json(serde_json::json!({ "endpoints": status }))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_roundtrip() {
+        for ms in [0i64, 951_782_400_123, 1_795_305_600_000, 1_795_390_123_456] {
+            assert_eq!(parse_rfc3339(&registry::time::rfc3339_ms(ms)), Some(ms));
+        }
+        assert_eq!(parse_rfc3339("2026-11-22T00:00:00Z"), Some(1_795_305_600_000));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+}
