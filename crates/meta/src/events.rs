@@ -114,37 +114,54 @@ fn event_from_row(r: &AnyRow) -> Result<Event> {
     })
 }
 
-/// Insert `events` and their queue rows inside `tx`.
+/// Events per multi-row insert (13 parameters each; well under both databases' limits).
+const INSERT_BATCH: usize = 200;
+
+/// Insert `events` and their queue rows inside `tx`: one statement per [`INSERT_BATCH`] events
+/// and one for their queue rows, so a batch of pulls costs a few round trips, not one per row.
 pub(crate) async fn insert_events(tx: &mut Tx, events: &[NewEvent]) -> Result<()> {
     let now = now_ms();
-    for e in events {
-        let row = sqlx::query(
-            "INSERT INTO events (created_at, action, repository, digest, tag, media_type, size, from_repository, actor, address, request_id, user_agent, method) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
-        )
-        .bind(now)
-        .bind(e.action)
-        .bind(e.repository.as_str())
-        .bind(e.digest.as_deref())
-        .bind(e.tag.as_deref())
-        .bind(e.media_type.as_deref())
-        .bind(e.size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
-        .bind(e.from_repository.as_deref())
-        .bind(e.actor.as_deref())
-        .bind(e.address.as_deref())
-        .bind(e.request_id.as_deref())
-        .bind(e.user_agent.as_deref())
-        .bind(e.method.as_deref())
-        .fetch_one(&mut **tx)
-        .await?;
-        let id: i64 = row.try_get("id")?;
-        for endpoint in &e.endpoints {
-            sqlx::query("INSERT INTO webhook_queue (endpoint, event_id, attempts, next_attempt_at) VALUES ($1, $2, 0, $3)")
-                .bind(endpoint.as_str())
-                .bind(id)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
+    for chunk in events.chunks(INSERT_BATCH) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = i * 12 + 2;
+                format!("($1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10, b + 11)
+            })
+            .collect();
+        // Only numbered placeholders are generated into the text; every value is bound.
+        let sql = format!(
+            "INSERT INTO events (created_at, action, repository, digest, tag, media_type, size, from_repository, actor, address, request_id, user_agent, method) VALUES {} RETURNING id",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(now);
+        for e in chunk {
+            q = q
+                .bind(e.action)
+                .bind(e.repository.as_str())
+                .bind(e.digest.as_deref())
+                .bind(e.tag.as_deref())
+                .bind(e.media_type.as_deref())
+                .bind(e.size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
+                .bind(e.from_repository.as_deref())
+                .bind(e.actor.as_deref())
+                .bind(e.address.as_deref())
+                .bind(e.request_id.as_deref())
+                .bind(e.user_agent.as_deref())
+                .bind(e.method.as_deref());
+        }
+        // Ids are allocated in row order within one statement; sort rather than trust the order
+        // RETURNING lists them in.
+        let mut ids: Vec<i64> = q.fetch_all(&mut **tx).await?.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
+        ids.sort_unstable();
+        let pairs: Vec<(i64, &str)> = ids.iter().zip(chunk).flat_map(|(id, e)| e.endpoints.iter().map(move |ep| (*id, ep.as_str()))).collect();
+        for part in pairs.chunks(INSERT_BATCH * 2) {
+            let rows: Vec<String> = (0..part.len()).map(|i| format!("(${}, ${}, 0, $1)", i * 2 + 2, i * 2 + 3)).collect();
+            let sql = format!("INSERT INTO webhook_queue (endpoint, event_id, attempts, next_attempt_at) VALUES {}", rows.join(", "));
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(now);
+            for (id, endpoint) in part {
+                q = q.bind(*endpoint).bind(*id);
+            }
+            q.execute(&mut **tx).await?;
         }
     }
     Ok(())

@@ -136,6 +136,44 @@ pub async fn run(m: &MetaStore) {
     assert!(m.upload(&id).await.expect("q").is_none());
     assert!(!m.delete_upload(&id).await.expect("delete"));
     assert!(m.all_blobs().await.expect("q").iter().any(|(d, s)| *d == blob && *s == 8));
+    // Events: a batch larger than one multi-row insert, fanned out to two endpoints, then the
+    // audit query, the outbox in order, failures and completion.
+    let events: Vec<crate::NewEvent> = (0..450)
+        .map(|i| crate::NewEvent {
+            action: if i % 3 == 0 { "push" } else { "pull" },
+            repository: format!("r{}", i % 2),
+            digest: Some(format!("d{i}")),
+            actor: (i == 7).then(|| "alice".to_owned()),
+            endpoints: if i % 2 == 0 { vec!["ci".into(), "scan".into()] } else { vec!["ci".into()] },
+            ..Default::default()
+        })
+        .collect();
+    m.record_events(&events).await.expect("record");
+    let all = m.events(&crate::EventFilter { limit: 10_000, ..Default::default() }).await.expect("events");
+    assert_eq!(all.len(), 450);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(all.iter().map(|e| e.digest.clone().unwrap_or_default()).collect::<Vec<_>>()[..3], ["d0", "d1", "d2"]);
+    let f = crate::EventFilter { repository: Some("r0".into()), action: Some("push".into()), limit: 10_000, ..Default::default() };
+    assert_eq!(m.events(&f).await.expect("events").len(), 75);
+    let f = crate::EventFilter { actor: Some("alice".into()), limit: 10, ..Default::default() };
+    assert_eq!(m.events(&f).await.expect("events")[0].digest.as_deref(), Some("d7"));
+    assert!(m.claim_webhook_lease("ci", "node-a", std::time::Duration::from_secs(30)).await.expect("lease"));
+    assert!(!m.claim_webhook_lease("ci", "node-b", std::time::Duration::from_secs(30)).await.expect("lease"));
+    let due = m.due_deliveries("ci", 1000).await.expect("due");
+    assert_eq!(due.len(), 450);
+    assert_eq!(due.iter().map(|d| d.event.digest.clone().unwrap_or_default()).take(2).collect::<Vec<_>>(), ["d0", "d1"]);
+    assert_eq!(m.due_deliveries("scan", 1000).await.expect("due").len(), 225);
+    let first: Vec<i64> = due[..10].iter().map(|d| d.queue_id).collect();
+    m.fail_deliveries("ci", &first, "receiver down", std::time::Duration::from_secs(60)).await.expect("fail");
+    assert!(m.due_deliveries("ci", 1000).await.expect("due").is_empty(), "a failed head holds back the rest");
+    let st = m.endpoint_status("ci").await.expect("status");
+    assert_eq!((st.queued, st.failed_attempts, st.last_error.as_deref()), (450, 1, Some("receiver down")));
+    let ids: Vec<i64> = due.iter().map(|d| d.queue_id).collect();
+    m.complete_deliveries("ci", &ids).await.expect("complete");
+    assert_eq!(m.endpoint_status("ci").await.expect("status").delivered, 450);
+    m.release_webhook_lease("ci", "node-a").await.expect("release");
+    assert!(m.claim_webhook_lease("ci", "node-b", std::time::Duration::from_secs(30)).await.expect("lease"));
+
     // Usage: unique blob bytes in total, linked bytes per repository, open sessions.
     let totals = m.storage_totals(10).await.expect("totals");
     let all = m.all_blobs().await.expect("q");

@@ -146,6 +146,9 @@ pub(crate) struct EventsRuntime {
     pub audit_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     /// Wakes delivery workers when an event was queued for an endpoint.
     pub queued: tokio::sync::Notify,
+    /// Pull events dropped because the recorder fell behind, and when that was last logged.
+    pub dropped_pulls: std::sync::atomic::AtomicU64,
+    pub last_drop_warning: std::sync::atomic::AtomicI64,
 }
 
 impl EventsRuntime {
@@ -159,6 +162,8 @@ impl EventsRuntime {
             audit,
             audit_rx: std::sync::Mutex::new(Some(audit_rx)),
             queued: tokio::sync::Notify::new(),
+            dropped_pulls: std::sync::atomic::AtomicU64::new(0),
+            last_drop_warning: std::sync::atomic::AtomicI64::new(0),
         }
     }
 }
@@ -229,7 +234,16 @@ impl Registry {
             return;
         }
         if rt.pulls.try_send(self.event(facts)).is_err() {
-            tracing::warn!("pull event queue full; dropping a pull event");
+            // Say so at most once a second, with the count: a log line per drop would make an
+            // overload worse.
+            let dropped = rt.dropped_pulls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let now = meta_now();
+            let last = rt.last_drop_warning.load(std::sync::atomic::Ordering::Relaxed);
+            if now - last >= 1000
+                && rt.last_drop_warning.compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed).is_ok()
+            {
+                tracing::warn!(dropped_total = dropped, "pull events arrive faster than they can be recorded; dropping some");
+            }
         }
     }
 
@@ -280,10 +294,10 @@ fn meta_now() -> i64 {
 }
 
 async fn record_pulls(reg: Registry, mut rx: mpsc::Receiver<NewEvent>, shutdown: CancellationToken) {
-    let mut batch = Vec::with_capacity(512);
+    let mut batch = Vec::with_capacity(2048);
     loop {
         let open = tokio::select! {
-            n = rx.recv_many(&mut batch, 512) => n > 0,
+            n = rx.recv_many(&mut batch, 2048) => n > 0,
             () = shutdown.cancelled() => { rx.close(); while let Ok(e) = rx.try_recv() { batch.push(e); } false }
         };
         if !batch.is_empty() {
