@@ -114,6 +114,11 @@ fn event_from_row(r: &AnyRow) -> Result<Event> {
     })
 }
 
+/// `$first, $first+1, ...`: `n` numbered placeholders (only these reach generated SQL text).
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Events per multi-row insert (13 parameters each; well under both databases' limits).
 const INSERT_BATCH: usize = 200;
 
@@ -273,8 +278,13 @@ impl MetaStore {
     /// Mark deliveries done.
     pub async fn complete_deliveries(&self, endpoint: &str, queue_ids: &[i64]) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        for id in queue_ids {
-            sqlx::query("DELETE FROM webhook_queue WHERE id = $1").bind(*id).execute(&mut *tx).await?;
+        for part in queue_ids.chunks(INSERT_BATCH * 2) {
+            let sql = format!("DELETE FROM webhook_queue WHERE id IN ({})", placeholders(1, part.len()));
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in part {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
         }
         sqlx::query("UPDATE webhook_leases SET delivered = delivered + $2, last_success_at = $3 WHERE endpoint = $1")
             .bind(endpoint)
@@ -290,13 +300,13 @@ impl MetaStore {
     pub async fn fail_deliveries(&self, endpoint: &str, queue_ids: &[i64], error: &str, retry_in: Duration) -> Result<()> {
         let next = now_ms() + i64::try_from(retry_in.as_millis()).unwrap_or(i64::MAX / 2);
         let mut tx = self.write.begin().await?;
-        for id in queue_ids {
-            sqlx::query("UPDATE webhook_queue SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1")
-                .bind(*id)
-                .bind(next)
-                .bind(error)
-                .execute(&mut *tx)
-                .await?;
+        for part in queue_ids.chunks(INSERT_BATCH * 2) {
+            let sql = format!("UPDATE webhook_queue SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2 WHERE id IN ({})", placeholders(3, part.len()));
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(next).bind(error);
+            for id in part {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
         }
         sqlx::query("UPDATE webhook_leases SET failed = failed + 1, last_error = $2 WHERE endpoint = $1")
             .bind(endpoint)

@@ -153,7 +153,9 @@ pub(crate) struct EventsRuntime {
 
 impl EventsRuntime {
     pub(crate) fn new(config: EventsConfig) -> EventsRuntime {
-        let (pulls, pulls_rx) = mpsc::channel(65_536);
+        // Room for a few batches (the recorder takes up to 2,048 every 50 ms); bounded so a
+        // stalled database costs little memory: beyond it pull events are dropped and counted.
+        let (pulls, pulls_rx) = mpsc::channel(8_192);
         let (audit, audit_rx) = mpsc::unbounded_channel();
         EventsRuntime {
             config,
@@ -168,24 +170,43 @@ impl EventsRuntime {
     }
 }
 
-/// One audit line.
+/// One audit line, serialized straight from borrowed fields (no intermediate JSON tree: this
+/// runs for every recorded pull).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditLine<'a> {
+    time: String,
+    action: &'a str,
+    repository: &'a str,
+    digest: Option<&'a str>,
+    tag: Option<&'a str>,
+    media_type: Option<&'a str>,
+    size: Option<u64>,
+    from_repository: Option<&'a str>,
+    user: Option<&'a str>,
+    address: Option<&'a str>,
+    request_id: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    method: Option<&'a str>,
+}
+
 fn audit_line(e: &NewEvent, time_ms: i64) -> String {
-    serde_json::json!({
-        "time": crate::time::rfc3339_ms(time_ms),
-        "action": e.action,
-        "repository": e.repository,
-        "digest": e.digest,
-        "tag": e.tag,
-        "mediaType": e.media_type,
-        "size": e.size,
-        "fromRepository": e.from_repository,
-        "user": e.actor,
-        "address": e.address,
-        "requestId": e.request_id,
-        "userAgent": e.user_agent,
-        "method": e.method,
+    serde_json::to_string(&AuditLine {
+        time: crate::time::rfc3339_ms(time_ms),
+        action: e.action,
+        repository: &e.repository,
+        digest: e.digest.as_deref(),
+        tag: e.tag.as_deref(),
+        media_type: e.media_type.as_deref(),
+        size: e.size,
+        from_repository: e.from_repository.as_deref(),
+        user: e.actor.as_deref(),
+        address: e.address.as_deref(),
+        request_id: e.request_id.as_deref(),
+        user_agent: e.user_agent.as_deref(),
+        method: e.method.as_deref(),
     })
-    .to_string()
+    .unwrap_or_default()
 }
 
 impl Registry {
