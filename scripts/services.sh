@@ -66,7 +66,8 @@ free_port() {
 # Run a command as the cluster's owner: PostgreSQL refuses to run as root.
 as_owner() {
     if [ "$(id -u)" = 0 ]; then
-        runuser -u postgres -- "$@"
+        # From /, which the postgres user may enter (the caller's directory may be private).
+        (cd / && runuser -u postgres -- "$@")
     else
         "$@"
     fi
