@@ -59,6 +59,7 @@ pub struct RawAudit {
     /// `off`, `stdout`, or a file path.
     pub output: Option<Value>,
     pub pulls: Option<bool>,
+    pub retention: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -443,7 +444,8 @@ impl RawConfig {
         };
         let events = registry::EventsConfig {
             audit,
-            record_pulls: self.audit.pulls.unwrap_or(true),
+            record_pulls: self.audit.pulls.unwrap_or(false),
+            retention: duration("audit.retention", self.audit.retention, Duration::from_secs(90 * 86_400))?,
             endpoints,
             source: addr.to_string(),
             ..Default::default()

@@ -219,6 +219,16 @@ impl MetaStore {
         q.fetch_all(&self.read).await?.iter().map(event_from_row).collect()
     }
 
+    /// Delete events older than `before_ms` (epoch milliseconds) that no webhook still has to
+    /// deliver. Returns how many went.
+    pub async fn prune_events(&self, before_ms: i64) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM events WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM webhook_queue q WHERE q.event_id = events.id)")
+            .bind(before_ms)
+            .execute(&self.write)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     /// Take (or keep) the delivery lease of `endpoint` for `owner` for `ttl`. Returns whether
     /// `owner` holds it.
     pub async fn claim_webhook_lease(&self, endpoint: &str, owner: &str, ttl: Duration) -> Result<bool> {

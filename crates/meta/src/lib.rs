@@ -9,7 +9,7 @@
 //! On SQLite all writes go through one connection, so write transactions never meet
 //! `SQLITE_BUSY`; reads use a separate pool and, in WAL mode, never wait for writes.
 
-mod events;
+pub(crate) mod events;
 mod schema;
 mod store;
 pub mod testsuite;

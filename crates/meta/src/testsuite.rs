@@ -174,6 +174,13 @@ pub async fn run(m: &MetaStore) {
     m.release_webhook_lease("ci", "node-a").await.expect("release");
     assert!(m.claim_webhook_lease("ci", "node-b", std::time::Duration::from_secs(30)).await.expect("lease"));
 
+    // Retention: nothing is pruned while a webhook still owes it; then everything old goes.
+    m.record_events(&[crate::NewEvent { action: "push", repository: "r9".into(), endpoints: vec!["late".into()], ..Default::default() }]).await.expect("record");
+    let future = crate::events::now_ms() + 60_000;
+    let pruned = m.prune_events(future).await.expect("prune");
+    assert_eq!(pruned, 225, "the 225 events the scan endpoint has not received stay");
+    assert_eq!(m.events(&crate::EventFilter { limit: 1000, ..Default::default() }).await.expect("events").len(), 226, "as does the undelivered new one");
+
     // Usage: unique blob bytes in total, linked bytes per repository, open sessions.
     let totals = m.storage_totals(10).await.expect("totals");
     let all = m.all_blobs().await.expect("q");

@@ -87,8 +87,11 @@ impl WebhookEndpoint {
 #[derive(Debug, Clone)]
 pub struct EventsConfig {
     pub audit: AuditSink,
-    /// Whether pulls are recorded (audit and webhooks); pushes and deletes always are.
+    /// Whether pulls are recorded (audit and webhooks); pushes and deletes always are. Off by
+    /// default: a row per pull costs a few microseconds of CPU on every GET.
     pub record_pulls: bool,
+    /// Events older than this are deleted by the janitor (unless a webhook still owes them).
+    pub retention: Duration,
     pub endpoints: Vec<WebhookEndpoint>,
     /// How this node names itself in event envelopes (`source.addr`).
     pub source: String,
@@ -98,7 +101,14 @@ pub struct EventsConfig {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig { audit: AuditSink::Off, record_pulls: true, endpoints: Vec::new(), source: String::new(), instance: uuid::Uuid::new_v4().to_string() }
+        EventsConfig {
+            audit: AuditSink::Off,
+            record_pulls: false,
+            retention: Duration::from_secs(90 * 86_400),
+            endpoints: Vec::new(),
+            source: String::new(),
+            instance: uuid::Uuid::new_v4().to_string(),
+        }
     }
 }
 

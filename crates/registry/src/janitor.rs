@@ -16,6 +16,8 @@ use crate::{Registry, Result};
 pub struct Sweep {
     pub expired_sessions: usize,
     pub orphaned_uploads: usize,
+    /// Events deleted by the retention rule.
+    pub pruned_events: u64,
 }
 
 impl Registry {
@@ -36,8 +38,18 @@ impl Registry {
                 sweep.orphaned_uploads += 1;
             }
         }
+        let retention = self.inner.events.config.retention;
+        let cutoff = SystemTime::now().checked_sub(retention).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        if let Some(cutoff) = cutoff {
+            sweep.pruned_events = self.inner.meta.prune_events(i64::try_from(cutoff.as_millis()).unwrap_or(0)).await?;
+        }
         if sweep != Sweep::default() {
-            tracing::info!(expired = sweep.expired_sessions, orphaned = sweep.orphaned_uploads, "reclaimed abandoned uploads");
+            tracing::info!(
+                expired = sweep.expired_sessions,
+                orphaned = sweep.orphaned_uploads,
+                pruned_events = sweep.pruned_events,
+                "janitor reclaimed abandoned uploads and old events"
+            );
         }
         Ok(sweep)
     }

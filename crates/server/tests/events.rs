@@ -86,7 +86,7 @@ async fn webhook_gets_the_exact_events_with_distribution_envelope() {
     let got = Received::default();
     let (stop_rx, _rx_task) = receiver(port, got.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let t = registry_on(dir.path(), EventsConfig { endpoints: vec![endpoint(port, WebhookFormat::Distribution, &[])], source: "registry.test:5000".into(), ..Default::default() }).await;
+    let t = registry_on(dir.path(), EventsConfig { endpoints: vec![endpoint(port, WebhookFormat::Distribution, &[])], source: "registry.test:5000".into(), record_pulls: true, ..Default::default() }).await;
     let stop = CancellationToken::new();
     let tasks = t.registry.spawn_events(stop.clone());
 
@@ -187,7 +187,7 @@ async fn an_outage_delays_events_and_a_restart_loses_none() {
 async fn audit_file_and_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
-    let t = registry_on(dir.path(), EventsConfig { audit: AuditSink::File(log.clone()), ..Default::default() }).await;
+    let t = registry_on(dir.path(), EventsConfig { audit: AuditSink::File(log.clone()), record_pulls: true, ..Default::default() }).await;
     let stop = CancellationToken::new();
     let tasks = t.registry.spawn_events(stop.clone());
     let (_, d) = t.push_image("a/b", "v1", "x").await;
