@@ -135,9 +135,56 @@ struct StorageLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Every route label the middleware can see; anything else is "other".
+const ROUTES: [&str; 14] = [
+    "/v2/",
+    "/v2/_catalog",
+    "/v2/{name}/tags/list",
+    "/v2/{name}/manifests/{reference}",
+    "/v2/{name}/blobs/{digest}",
+    "/v2/{name}/blobs/uploads/",
+    "/v2/{name}/blobs/uploads/{id}",
+    "/v2/{name}/referrers/{digest}",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/admin/audit",
+    "/admin/webhooks",
+    "other",
+];
+const METHODS: [&str; 8] = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS", "other"];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The handles one request updates. Counters and histograms are shared handles: updating a
+/// clone updates the series in the family.
+struct Handles {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Counter,
+    response_bytes: Counter,
+}
+
+/// A fixed table of lazily resolved [`Handles`]; a series appears in the output only once used.
+struct Hot {
+    slots: Vec<std::sync::OnceLock<Handles>>,
+}
+
+impl Hot {
+    fn new() -> Hot {
+        Hot { slots: (0..ROUTES.len() * METHODS.len() * CLASSES.len()).map(|_| std::sync::OnceLock::new()).collect() }
+    }
+}
+
+fn index_of(table: &[&'static str], v: &str) -> usize {
+    table.iter().position(|t| *t == v).unwrap_or(table.len() - 1)
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
+
+/// Response bodies up to this size are counted when the response head leaves.
+const SMALL_BODY: u64 = 64 * 1024;
 
 /// The process's metrics. Cheap to clone; all clones share the same registry.
 #[derive(Clone)]
@@ -147,6 +194,9 @@ pub struct Metrics {
 
 struct Inner {
     registry: prometheus_client::registry::Registry,
+    /// Metric handles per (route, method, status class), resolved on first use so the hot path
+    /// does no label hashing or family locking (see [`Hot`]).
+    hot: Hot,
     requests: Family<RequestLabels, Counter>,
     durations: HistogramFamily<DurationLabels>,
     request_bytes: Family<RouteLabels, Counter>,
@@ -199,6 +249,7 @@ impl Metrics {
         Metrics {
             inner: Arc::new(Inner {
                 registry,
+                hot: Hot::new(),
                 requests,
                 durations,
                 request_bytes,
@@ -277,18 +328,22 @@ impl Metrics {
         let m = &self.inner;
         let in_flight = InFlight::new(m.in_flight.clone());
         let method = method_label(req.method());
-        let read = Arc::new(AtomicU64::new(0));
-        let req = {
-            let read = read.clone();
-            req.map(|body| {
-                Body::new(Counted {
-                    inner: body,
-                    on_data: move |n| {
-                        read.fetch_add(n, Ordering::Relaxed);
-                    },
-                    _in_flight: None,
+        // A request without a body (most GETs and HEADs) needs no counting wrapper.
+        let read = (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(AtomicU64::new(0)));
+        let req = match &read {
+            None => req,
+            Some(read) => {
+                let read = read.clone();
+                req.map(|body| {
+                    Body::new(Counted {
+                        inner: body,
+                        on_data: move |n| {
+                            read.fetch_add(n, Ordering::Relaxed);
+                        },
+                        _in_flight: None,
+                    })
                 })
-            })
+            }
         };
         let resp = next.run(req).await;
         let route = match (resp.extensions().get::<RouteInfo>(), resp.extensions().get::<OwnRoute>()) {
@@ -296,11 +351,28 @@ impl Metrics {
             (None, Some(own)) => own.0,
             (None, None) => "other",
         };
-        m.requests.get_or_create(&RequestLabels { method, route, status_class: status_class(resp.status()) }).inc();
-        m.durations.get_or_create(&DurationLabels { method, route }).observe(start.elapsed().as_secs_f64());
-        let labels = RouteLabels { route };
-        m.request_bytes.get_or_create(&labels).inc_by(read.load(Ordering::Relaxed));
-        let sent = m.response_bytes.get_or_create(&labels).clone();
+        let class = status_class(resp.status());
+        let slot = (index_of(&ROUTES, route) * METHODS.len() + index_of(&METHODS, method)) * CLASSES.len() + index_of(&CLASSES, class);
+        let h = m.hot.slots[slot].get_or_init(|| Handles {
+            requests: m.requests.get_or_create(&RequestLabels { method, route, status_class: class }).clone(),
+            duration: m.durations.get_or_create(&DurationLabels { method, route }).clone(),
+            request_bytes: m.request_bytes.get_or_create(&RouteLabels { route }).clone(),
+            response_bytes: m.response_bytes.get_or_create(&RouteLabels { route }).clone(),
+        });
+        h.requests.inc();
+        h.duration.observe(start.elapsed().as_secs_f64());
+        if let Some(read) = read {
+            h.request_bytes.inc_by(read.load(Ordering::Relaxed));
+        }
+        // A small body of known size is as good as sent once the head is: count it now and skip
+        // the wrapper. Streamed and large bodies are counted as they go.
+        let size = http_body::Body::size_hint(resp.body()).exact();
+        if let Some(n) = size.filter(|n| *n <= SMALL_BODY) {
+            h.response_bytes.inc_by(n);
+            drop(in_flight);
+            return resp;
+        }
+        let sent = h.response_bytes.clone();
         resp.map(|body| {
             Body::new(Counted {
                 inner: body,
