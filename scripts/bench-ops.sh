@@ -7,6 +7,8 @@
 #   scripts/bench-ops.sh [rounds] [berth bench flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 rounds=${1:-2}; shift || true
 cargo build --release -p berth >/dev/null
 BIN=target/release/berth
@@ -14,11 +16,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() { for _ in $(seq 100); do curl -fs "http://$1/v2/" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no server at $1" >&2; exit 1; }
 
 # A webhook receiver that accepts everything.
-hook=$(port)
+hook=$(free_port)
 python3 - "$hook" >/dev/null 2>&1 <<'PY' &
 import sys, http.server
 class H(http.server.BaseHTTPRequestHandler):
@@ -53,7 +53,7 @@ log: {level: warn}
 YML
 run() {
     local mode=$1 p; shift
-    p=$(port)
+    p=$(free_port)
     "$BIN" serve --listen "127.0.0.1:$p" --data-dir "$work/data-$mode" --config "$work/$mode.yml" >"$work/$mode.log" 2>&1 &
     local pid=$!
     wait_up "127.0.0.1:$p"

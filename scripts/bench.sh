@@ -7,6 +7,8 @@
 # Both servers get a fresh data directory and free ports; both are stopped (by PID) on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 command -v docker-registry >/dev/null || { apt-get install -y docker-registry >/dev/null || { apt-get update >/dev/null && apt-get install -y docker-registry >/dev/null; }; }
 cargo build --release -p berth >/dev/null
 BIN=target/release/berth
@@ -14,13 +16,11 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() { for _ in $(seq 100); do curl -fs "http://$1/v2/" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "server at $1 did not start" >&2; exit 1; }
 
-bp=$(port)
+bp=$(free_port)
 "$BIN" serve --listen "127.0.0.1:$bp" --data-dir "$work/berth" >"$work/berth.log" 2>&1 &
 pids+=($!); berth_pid=$!
-rp=$(port)
+rp=$(free_port)
 cat >"$work/registry.yml" <<YML
 version: 0.1
 log: {level: error, accesslog: {disabled: true}}

@@ -59,9 +59,8 @@ pg_bindir() {
     echo "$dir"
 }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 # Run a command as the cluster's owner: PostgreSQL refuses to run as root.
 as_owner() {

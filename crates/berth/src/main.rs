@@ -118,30 +118,6 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: no new connections; finishing requests in flight");
 }
 
-/// Usage figures for `/metrics`, read from the metadata database at scrape time.
-fn usage_provider(registry: registry::Registry) -> server::metrics::StorageTotalsProvider {
-    use server::metrics::{RepoUsage, StorageTotals, TOP_REPOSITORIES, WebhookUsage};
-    Arc::new(move || {
-        let registry = registry.clone();
-        Box::pin(async move {
-            let top = u32::try_from(TOP_REPOSITORIES).unwrap_or(100);
-            let t = registry.storage_totals(top).await.map_err(|e| e.to_string())?;
-            let hooks = registry.webhook_status().await.map_err(|e| e.to_string())?;
-            let count = |n: i64| u64::try_from(n).unwrap_or(0);
-            Ok(StorageTotals {
-                total_bytes: t.total_bytes,
-                blob_count: t.blob_count,
-                open_uploads: t.open_uploads,
-                per_repo: t.per_repo.into_iter().map(|r| RepoUsage { repository: r.repository, bytes: r.bytes, blobs: r.blobs }).collect(),
-                webhooks: hooks
-                    .into_iter()
-                    .map(|w| WebhookUsage { endpoint: w.endpoint, queued: count(w.queued), delivered: count(w.delivered), failed: count(w.failed_attempts) })
-                    .collect(),
-            })
-        })
-    })
-}
-
 /// This node's stable id (kept in the data directory), so that after a restart it takes its
 /// webhook delivery leases back at once instead of waiting for them to expire.
 fn instance_id(data_dir: &std::path::Path) -> String {
@@ -177,7 +153,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     events.instance = instance_id(&cfg.data_dir);
     let registry = registry::Registry::with_events(meta.clone(), blobs, cfg.registry.clone(), events);
     if let Some(m) = &metrics {
-        m.set_storage_totals(usage_provider(registry.clone()));
+        m.set_storage_totals(server::metrics::registry_usage(registry.clone()));
     }
     let stop = CancellationToken::new();
     let janitor = registry.spawn_janitor(stop.clone());

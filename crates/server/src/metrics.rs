@@ -53,43 +53,30 @@ const DURATION_BUCKETS: [f64; 15] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct OwnRoute(pub &'static str);
 
-/// Storage totals from the metadata database, gathered at scrape time.
+pub use meta::RepoUsage;
+
+/// Usage figures from the metadata database, gathered at scrape time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StorageTotals {
-    /// Bytes of all distinct blobs recorded in the database (each blob counted once, however
-    /// many repositories link it; blobs unlinked but not yet garbage-collected included).
-    pub total_bytes: u64,
-    /// Number of distinct blobs recorded in the database.
-    pub blob_count: u64,
-    /// Upload sessions in the database (open, not yet finished, cancelled or expired).
-    pub open_uploads: u64,
-    /// Per repository: bytes and count of the blobs linked to it. Need not be sorted or
-    /// truncated: only the [`TOP_REPOSITORIES`] largest are exposed.
-    pub per_repo: Vec<RepoUsage>,
-    /// Webhook delivery state per configured endpoint (gathered with the storage totals).
-    pub webhooks: Vec<WebhookUsage>,
+    /// Storage size, blob and upload counts, and per-repository usage. `per_repo` need not be
+    /// sorted or truncated: only the [`TOP_REPOSITORIES`] largest are exposed.
+    pub storage: meta::StorageTotals,
+    /// Webhook delivery state per configured endpoint.
+    pub webhooks: Vec<meta::EndpointStatus>,
 }
 
-/// One webhook endpoint's delivery figures.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WebhookUsage {
-    pub endpoint: String,
-    /// Events waiting in its queue.
-    pub queued: u64,
-    /// Events delivered since the endpoint was first configured.
-    pub delivered: u64,
-    /// Failed delivery attempts since the endpoint was first configured.
-    pub failed: u64,
-}
-
-/// One repository's share of storage.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RepoUsage {
-    pub repository: String,
-    /// Sum of the sizes of the blobs linked to the repository.
-    pub bytes: u64,
-    /// Number of blobs linked to the repository.
-    pub blobs: u64,
+/// The provider that reads [`StorageTotals`] from `registry`.
+pub fn registry_usage(registry: registry::Registry) -> StorageTotalsProvider {
+    Arc::new(move || {
+        let registry = registry.clone();
+        Box::pin(async move {
+            let top = u32::try_from(TOP_REPOSITORIES).unwrap_or(u32::MAX);
+            Ok(StorageTotals {
+                storage: registry.storage_totals(top).await.map_err(|e| e.to_string())?,
+                webhooks: registry.webhook_status().await.map_err(|e| e.to_string())?,
+            })
+        })
+    })
 }
 
 /// Reads the storage totals (from the metadata database), called at most once per refresh
@@ -311,8 +298,8 @@ impl Metrics {
         *refreshed_at = Some(Instant::now());
         match tokio::time::timeout(STORAGE_TOTALS_TIMEOUT, provider()).await {
             Ok(Ok(mut totals)) => {
-                totals.per_repo.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.repository.cmp(&b.repository)));
-                totals.per_repo.truncate(TOP_REPOSITORIES);
+                totals.storage.per_repo.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.repository.cmp(&b.repository)));
+                totals.storage.per_repo.truncate(TOP_REPOSITORIES);
                 *self.inner.totals.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(totals);
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "metrics: reading storage totals failed; serving the previous values"),
@@ -493,9 +480,9 @@ impl Collector for StorageCollector {
         let guard = self.totals.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(t) = guard.as_ref() else { return Ok(()) };
         let single = [
-            ("berth_uploads_in_progress", "Upload sessions open in the metadata database.", t.open_uploads),
-            ("registry_storage_size_bytes", "Bytes of all distinct blobs in storage (each counted once).", t.total_bytes),
-            ("registry_storage_blobs", "Number of distinct blobs in storage.", t.blob_count),
+            ("berth_uploads_in_progress", "Upload sessions open in the metadata database.", t.storage.open_uploads),
+            ("registry_storage_size_bytes", "Bytes of all distinct blobs in storage (each counted once).", t.storage.total_bytes),
+            ("registry_storage_blobs", "Number of distinct blobs in storage.", t.storage.blob_count),
         ];
         for (name, help, value) in single {
             let g = ConstGauge::new(gauge_value(value));
@@ -507,7 +494,7 @@ impl Collector for StorageCollector {
         ];
         for (name, help, value) in per_repo {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for r in &t.per_repo {
+            for r in &t.storage.per_repo {
                 let labels = [("repository", r.repository.as_str())];
                 ConstGauge::new(gauge_value(value(r))).encode(family.encode_family(&labels)?)?;
             }
@@ -515,16 +502,16 @@ impl Collector for StorageCollector {
         if !t.webhooks.is_empty() {
             let mut family = encoder.encode_descriptor("berth_webhook_queue_depth", "Events waiting for delivery to a webhook endpoint.", None, MetricType::Gauge)?;
             for w in &t.webhooks {
-                ConstGauge::new(gauge_value(w.queued)).encode(family.encode_family(&[("endpoint", w.endpoint.as_str())])?)?;
+                ConstGauge::new(w.queued).encode(family.encode_family(&[("endpoint", w.endpoint.as_str())])?)?;
             }
-            let counters: [(&str, &str, fn(&WebhookUsage) -> u64); 2] = [
+            let counters: [(&str, &str, fn(&meta::EndpointStatus) -> i64); 2] = [
                 ("berth_webhook_deliveries", "Events delivered to a webhook endpoint.", |w| w.delivered),
-                ("berth_webhook_failures", "Failed delivery attempts to a webhook endpoint.", |w| w.failed),
+                ("berth_webhook_failures", "Failed delivery attempts to a webhook endpoint.", |w| w.failed_attempts),
             ];
             for (name, help, value) in counters {
                 let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
                 for w in &t.webhooks {
-                    prometheus_client::metrics::counter::ConstCounter::new(value(w)).encode(family.encode_family(&[("endpoint", w.endpoint.as_str())])?)?;
+                    prometheus_client::metrics::counter::ConstCounter::new(u64::try_from(value(w)).unwrap_or(0)).encode(family.encode_family(&[("endpoint", w.endpoint.as_str())])?)?;
                 }
             }
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use openmetrics_parser::{MetricNumber, OpenMetricsValue};
 use registry::{Registry, RegistryConfig};
-use server::metrics::{Metrics, MetricsOptions, RepoUsage, StorageTotals, WebhookUsage};
+use server::metrics::{Metrics, MetricsOptions, RepoUsage, StorageTotals};
 use server::{Observability, ops_router, router_with};
 use storage::instrumented::Instrumented;
 use support::{OCI_MANIFEST, TestRegistry, image_manifest, sha256};
@@ -62,11 +62,13 @@ async fn setup(storage_refresh: Duration) -> Setup {
         Box::pin(async move {
             let blobs = reg.meta().all_blobs().await.map_err(|e| e.to_string())?;
             Ok(StorageTotals {
-                total_bytes: blobs.iter().map(|(_, s)| s).sum(),
-                blob_count: blobs.len() as u64,
-                open_uploads: 2,
-                per_repo: (0..150u64).map(|i| RepoUsage { repository: format!("team/repo-{i:03}"), bytes: 1000 + i, blobs: i % 7 }).collect(),
-                webhooks: vec![WebhookUsage { endpoint: "ci".into(), queued: 4, delivered: 17, failed: 2 }],
+                storage: meta::StorageTotals {
+                    total_bytes: blobs.iter().map(|(_, s)| s).sum(),
+                    blob_count: blobs.len() as u64,
+                    open_uploads: 2,
+                    per_repo: (0..150u64).map(|i| RepoUsage { repository: format!("team/repo-{i:03}"), bytes: 1000 + i, blobs: i % 7 }).collect(),
+                },
+                webhooks: vec![meta::EndpointStatus { endpoint: "ci".into(), queued: 4, delivered: 17, failed_attempts: 2, ..Default::default() }],
             })
         })
     }));
