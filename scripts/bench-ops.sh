@@ -12,10 +12,7 @@ cd "$(dirname "$0")/.."
 rounds=${1:-2}; shift || true
 cargo build --release -p berth >/dev/null
 BIN=target/release/berth
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+with_scratch
 
 # A webhook receiver that accepts everything.
 hook=$(free_port)
@@ -56,6 +53,7 @@ run() {
     p=$(free_port)
     "$BIN" serve --listen "127.0.0.1:$p" --data-dir "$work/data-$mode" --config "$work/$mode.yml" >"$work/$mode.log" 2>&1 &
     local pid=$!
+    pids+=("$pid") # stopped on exit even if the benchmark fails
     wait_up "127.0.0.1:$p"
     "$BIN" bench --url "http://127.0.0.1:$p" --pid "$pid" --label "$mode" --only manifest-get "$@" | grep "manifest GET" | sed "s/^/$mode /"
     kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -12,10 +12,7 @@ cd "$(dirname "$0")/.."
 command -v docker-registry >/dev/null || { apt-get install -y docker-registry >/dev/null || { apt-get update >/dev/null && apt-get install -y docker-registry >/dev/null; }; }
 cargo build --release -p berth >/dev/null
 BIN=target/release/berth
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+with_scratch
 
 bp=$(free_port)
 "$BIN" serve --listen "127.0.0.1:$bp" --data-dir "$work/berth" >"$work/berth.log" 2>&1 &

@@ -15,3 +15,11 @@ wait_up() {
     echo "no registry answered at $1" >&2
     return 1
 }
+
+# For scripts that start processes: a scratch directory in $work, the PIDs to stop in $pids,
+# both cleaned up on exit. Only processes the script started are stopped.
+with_scratch() {
+    work=$(mktemp -d)
+    pids=()
+    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+}
