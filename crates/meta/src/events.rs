@@ -16,6 +16,8 @@ use crate::{MetaStore, Result};
 /// An event to record.
 #[derive(Debug, Clone, Default)]
 pub struct NewEvent {
+    /// When it happened, in milliseconds since the epoch (0: when it is recorded).
+    pub time_ms: i64,
     /// `push`, `pull`, `delete` or `mount`.
     pub action: &'static str,
     pub repository: String,
@@ -129,8 +131,23 @@ pub(crate) async fn insert_events(tx: &mut Tx, events: &[NewEvent]) -> Result<()
     for chunk in events.chunks(INSERT_BATCH) {
         let rows: Vec<String> = (0..chunk.len())
             .map(|i| {
-                let b = i * 12 + 2;
-                format!("($1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10, b + 11)
+                let b = i * 13 + 2;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b,
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    b + 9,
+                    b + 10,
+                    b + 11,
+                    b + 12
+                )
             })
             .collect();
         // Only numbered placeholders are generated into the text; every value is bound.
@@ -138,9 +155,11 @@ pub(crate) async fn insert_events(tx: &mut Tx, events: &[NewEvent]) -> Result<()
             "INSERT INTO events (created_at, action, repository, digest, tag, media_type, size, from_repository, actor, address, request_id, user_agent, method) VALUES {} RETURNING id",
             rows.join(", ")
         );
+        // $1 is unused by the rows but keeps the numbering uniform with the queue insert.
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(now);
         for e in chunk {
             q = q
+                .bind(if e.time_ms > 0 { e.time_ms } else { now })
                 .bind(e.action)
                 .bind(e.repository.as_str())
                 .bind(e.digest.as_deref())

@@ -227,6 +227,7 @@ impl Registry {
         let endpoints =
             self.inner.events.config.endpoints.iter().filter(|e| e.wants(facts.action, repo)).map(|e| e.name.clone()).collect();
         NewEvent {
+            time_ms: meta_now(),
             action: facts.action,
             repository: repo.to_owned(),
             digest: facts.digest,
@@ -247,9 +248,8 @@ impl Registry {
     pub(crate) fn committed(&self, events: &[NewEvent]) {
         let rt = &self.inner.events;
         if rt.config.audit != AuditSink::Off {
-            let now = meta_now();
             for e in events {
-                let _ = rt.audit.send(audit_line(e, now));
+                let _ = rt.audit.send(audit_line(e, e.time_ms));
             }
         }
         if events.iter().any(|e| !e.endpoints.is_empty()) {
