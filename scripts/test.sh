@@ -37,10 +37,11 @@ cargo build --workspace --tests --locked
 if [ "$want_rust" = 1 ]; then
     # Shared services start once per run; the tests that need them fail (never skip) in CI
     # when they are missing.
-    section "services: PostgreSQL for the metadata backend tests"
+    section "services: PostgreSQL (metadata backend) and Ceph RGW (S3 storage backend)"
     services_dir=$(mktemp -d /tmp/berth-services.XXXXXX)
     trap 'scripts/services.sh stop "$services_dir" || true; rm -rf "$services_dir"' EXIT
-    scripts/services.sh start postgres "$services_dir"
+    # Both side by side (`all`): the Ceph cluster takes ~17 s, PostgreSQL a few seconds.
+    scripts/services.sh start all "$services_dir"
     # shellcheck source=/dev/null
     . "$services_dir/env"
 

@@ -104,8 +104,14 @@ pub struct RawHttp {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
+    /// `filesystem` (the default) or `s3`.
+    pub driver: Option<String>,
     #[serde(default)]
     pub filesystem: RawFilesystem,
+    #[serde(default)]
+    pub s3: RawS3,
+    #[serde(default)]
+    pub redirect: RawRedirect,
     #[serde(default)]
     pub delete: RawDelete,
 }
@@ -119,6 +125,29 @@ pub struct RawFilesystem {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawS3 {
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub path_style: Option<bool>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    pub prefix: Option<String>,
+    pub part_size: Option<Value>,
+    pub max_retries: Option<u32>,
+    pub retry_timeout: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub enabled: Option<bool>,
+    pub expiry: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawDelete {
     pub enabled: Option<bool>,
 }
@@ -126,8 +155,19 @@ pub struct RawDelete {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
+    /// `sqlite` (the default) or `postgres`.
+    pub driver: Option<String>,
     #[serde(default)]
     pub sqlite: RawSqlite,
+    #[serde(default)]
+    pub postgres: RawPostgres,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    pub url: Option<String>,
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,11 +215,36 @@ pub struct Config {
     pub fsync: bool,
     pub sqlite_path: PathBuf,
     pub sqlite_full_sync: bool,
+    pub storage: StorageDriver,
+    pub database: DatabaseDriver,
     pub registry: registry::RegistryConfig,
     pub log_level: String,
     pub log_format: LogFormat,
     pub events: registry::EventsConfig,
     pub metrics: MetricsSettings,
+}
+
+/// Where blob bytes live.
+#[derive(Debug, Clone)]
+pub enum StorageDriver {
+    /// Under `blob_root` (the embedded default).
+    Filesystem,
+    S3(Box<storage::s3::S3Options>),
+}
+
+/// Where metadata lives.
+#[derive(Debug, Clone)]
+pub enum DatabaseDriver {
+    /// `sqlite_path` (the embedded default).
+    Sqlite,
+    Postgres { url: String, max_connections: u32 },
+}
+
+impl DatabaseDriver {
+    /// Whether several nodes may share this database.
+    pub fn shared(&self) -> bool {
+        matches!(self, DatabaseDriver::Postgres { .. })
+    }
 }
 
 /// Metrics and the operations listener.
@@ -352,7 +417,69 @@ impl RawConfig {
         if !(1024..=(64 << 20)).contains(&manifest_max_size) {
             return Err(err("manifests.max_size", "must be between 1KiB and 64MiB"));
         }
-        let cache = size("manifests.cache_size", self.manifests.cache_size, defaults.manifest_cache_bytes as u64)?;
+        let database = match self.database.driver.as_deref() {
+            None | Some("sqlite") => DatabaseDriver::Sqlite,
+            Some("postgres") => {
+                let url = self.database.postgres.url.filter(|u| !u.is_empty()).ok_or_else(|| err("database.postgres.url", "required with database.driver postgres"))?;
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(err("database.postgres.url", "must be a URL like postgres://user:password@host:5432/berth"));
+                }
+                let max_connections = self.database.postgres.max_connections.unwrap_or(32);
+                if max_connections < 2 {
+                    return Err(err("database.postgres.max_connections", "must be at least 2"));
+                }
+                DatabaseDriver::Postgres { url, max_connections }
+            }
+            Some(other) => return Err(err("database.driver", format!("{other:?} must be sqlite or postgres"))),
+        };
+        // Nodes sharing a database would each cache tags the others move: the cache is per node.
+        let cache_default = if database.shared() { 0 } else { defaults.manifest_cache_bytes as u64 };
+        let cache = size("manifests.cache_size", self.manifests.cache_size, cache_default)?;
+        if database.shared() && cache > 0 {
+            return Err(err("manifests.cache_size", "must be 0 with database.driver postgres: a per-node cache would serve tags other nodes have moved"));
+        }
+        let storage = match self.storage.driver.as_deref() {
+            None | Some("filesystem") => StorageDriver::Filesystem,
+            Some("s3") => {
+                let s3 = self.storage.s3;
+                let bucket = s3.bucket.filter(|b| !b.is_empty()).ok_or_else(|| err("storage.s3.bucket", "required with storage.driver s3"))?;
+                let mut o = storage::s3::S3Options::new(bucket, s3.region.unwrap_or_else(|| "us-east-1".into()));
+                if let Some(e) = s3.endpoint {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) {
+                        return Err(err("storage.s3.endpoint", format!("{e:?} must be an http:// or https:// URL")));
+                    }
+                    o.endpoint = Some(e);
+                }
+                o.path_style = s3.path_style.unwrap_or(false);
+                if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+                    return Err(err("storage.s3", "access_key_id and secret_access_key go together (leave both out for the AWS credential chain)"));
+                }
+                o.access_key_id = s3.access_key_id;
+                o.secret_access_key = s3.secret_access_key;
+                o.session_token = s3.session_token;
+                o.prefix = s3.prefix.unwrap_or_default();
+                o.part_size = size("storage.s3.part_size", s3.part_size, o.part_size)?;
+                if !(storage::s3::MIN_PART_SIZE..=(5 << 30)).contains(&o.part_size) {
+                    return Err(err("storage.s3.part_size", "must be between 5MiB and 5GiB (S3's part limits)"));
+                }
+                o.max_retries = s3.max_retries.unwrap_or(10) as usize;
+                o.retry_timeout = duration("storage.s3.retry_timeout", s3.retry_timeout, o.retry_timeout)?;
+                StorageDriver::S3(Box::new(o))
+            }
+            Some(other) => return Err(err("storage.driver", format!("{other:?} must be filesystem or s3"))),
+        };
+        let blob_redirect = if self.storage.redirect.enabled.unwrap_or(false) {
+            if !matches!(storage, StorageDriver::S3(_)) {
+                return Err(err("storage.redirect.enabled", "needs storage.driver s3 (the filesystem driver cannot issue URLs)"));
+            }
+            let expiry = duration("storage.redirect.expiry", self.storage.redirect.expiry, Duration::from_secs(20 * 60))?;
+            if !(Duration::from_secs(10)..=Duration::from_secs(7 * 86_400)).contains(&expiry) {
+                return Err(err("storage.redirect.expiry", "must be between 10s and 7 days (S3's presigned URL limit)"));
+            }
+            Some(expiry)
+        } else {
+            None
+        };
         let sqlite_full_sync = match self.database.sqlite.synchronous.as_deref() {
             None | Some("full") => true,
             Some("normal") => false,
@@ -457,8 +584,11 @@ impl RawConfig {
             fsync: self.storage.filesystem.fsync.unwrap_or(true),
             sqlite_path: self.database.sqlite.path.unwrap_or_else(|| data_dir.join("meta.db")),
             sqlite_full_sync,
+            storage,
+            database,
             data_dir,
             registry: registry::RegistryConfig {
+                blob_redirect,
                 delete_enabled: self.storage.delete.enabled.unwrap_or(true),
                 upload_expiry,
                 janitor_interval,

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LogFormat, Overrides};
+use crate::config::{Config, DatabaseDriver, LogFormat, Overrides, StorageDriver};
 
 #[derive(Parser)]
 #[command(name = "berth", version, about = "A container image registry (OCI Distribution v1.1)")]
@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Work with the metadata database.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Benchmark a running registry (berth or any other) over HTTP.
     Bench(bench::BenchArgs),
 }
@@ -48,6 +53,20 @@ enum Command {
 enum ConfigCommand {
     /// Validate a configuration file (with BERTH_* variables applied); names the offending key.
     Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply the migrations this version needs and report the schema version. `serve` does
+    /// the same at start; run this on purpose before a rolling upgrade.
+    Migrate {
+        /// YAML configuration file (its database section is used).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Directory for blobs and metadata (data_dir), for the embedded SQLite database.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 fn env_vars() -> Vec<(String, String)> {
@@ -81,6 +100,18 @@ fn main() -> std::process::ExitCode {
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("berth: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Db { command: DbCommand::Migrate { config, data_dir } } => {
+            let result = config::load(config.as_deref(), env_vars(), &Overrides { listen: None, data_dir })
+                .map_err(|e| anyhow::anyhow!("configuration error: {e}"))
+                .and_then(|cfg| runtime().block_on(db_migrate(&cfg)));
+            match result {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berth db migrate: {e:#}");
                     std::process::ExitCode::FAILURE
                 }
             }
@@ -135,20 +166,69 @@ fn instance_id(data_dir: &std::path::Path) -> String {
     id
 }
 
+/// The configured blob store, checked to be reachable.
+async fn open_storage(cfg: &Config) -> anyhow::Result<Arc<dyn storage::BlobStore>> {
+    Ok(match &cfg.storage {
+        StorageDriver::Filesystem => Arc::new(storage::fs::FsStore::open(&cfg.blob_root, cfg.fsync).context("opening blob storage")?),
+        StorageDriver::S3(o) => {
+            let s3 = storage::s3::S3Store::open(o).context("configuring S3 storage")?;
+            s3.check().await.with_context(|| format!("reaching S3 bucket {:?}", o.bucket))?;
+            Arc::new(s3)
+        }
+    })
+}
+
+/// The configured metadata database, migrated to this version's schema.
+async fn open_database(cfg: &Config) -> anyhow::Result<meta::MetaStore> {
+    match &cfg.database {
+        DatabaseDriver::Sqlite => meta::MetaStore::open_sqlite(&cfg.sqlite_path, cfg.sqlite_full_sync)
+            .await
+            .with_context(|| format!("opening metadata database {}", cfg.sqlite_path.display())),
+        DatabaseDriver::Postgres { url, max_connections } => meta::MetaStore::connect_postgres(url, *max_connections)
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {}", redact(url))),
+    }
+}
+
+async fn db_migrate(cfg: &Config) -> anyhow::Result<()> {
+    if let Some(dir) = cfg.sqlite_path.parent().filter(|d| !d.as_os_str().is_empty() && !cfg.database.shared()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
+    }
+    let meta = open_database(cfg).await?;
+    let version = meta.schema_version().await?;
+    meta.close().await;
+    let which = match &cfg.database {
+        DatabaseDriver::Sqlite => format!("SQLite {}", cfg.sqlite_path.display()),
+        DatabaseDriver::Postgres { url, .. } => format!("PostgreSQL {}", redact(url)),
+    };
+    println!("{which}: metadata schema at version {version}");
+    Ok(())
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     for dir in [Some(cfg.data_dir.as_path()), cfg.sqlite_path.parent()].into_iter().flatten().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
     }
     let metrics = cfg.metrics.enabled.then(|| server::Metrics::new(server::metrics::MetricsOptions { storage_refresh: cfg.metrics.storage_refresh }));
-    let fs: Arc<dyn storage::BlobStore> = Arc::new(storage::fs::FsStore::open(&cfg.blob_root, cfg.fsync).context("opening blob storage")?);
+    let store = open_storage(&cfg).await?;
     // Every storage call is timed once here, for all drivers.
     let blobs: Arc<dyn storage::BlobStore> = match &metrics {
-        Some(m) => Arc::new(storage::instrumented::Instrumented::new(fs, m.storage_observer())),
-        None => fs,
+        Some(m) => Arc::new(storage::instrumented::Instrumented::new(store, m.storage_observer())),
+        None => store,
     };
-    let meta = meta::MetaStore::open_sqlite(&cfg.sqlite_path, cfg.sqlite_full_sync)
-        .await
-        .with_context(|| format!("opening metadata database {}", cfg.sqlite_path.display()))?;
+    let meta = open_database(&cfg).await?;
     let mut events = cfg.events.clone();
     events.instance = instance_id(&cfg.data_dir);
     let registry = registry::Registry::with_events(meta.clone(), blobs, cfg.registry.clone(), events);

@@ -192,6 +192,12 @@ impl MetaStore {
         }
     }
 
+    /// The schema version the database is at (the number of migrations applied).
+    pub async fn schema_version(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM berth_schema").fetch_one(&self.read).await?;
+        Ok(u64::try_from(row.try_get::<i64, _>("v")?).unwrap_or(0))
+    }
+
     /// Check the database answers (readiness).
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").fetch_one(&self.read).await?;

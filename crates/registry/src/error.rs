@@ -38,6 +38,9 @@ pub enum Error {
     /// Reading the request body failed: the client went away or sent a malformed body.
     #[error("reading the request body failed: {0}")]
     Body(String),
+    /// A backing service is overloaded or unreachable; the client may retry.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
     /// A backing service failed. The text is for the log, never for the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -60,6 +63,7 @@ impl Error {
             Error::NameUnknown => ErrorCode::NameUnknown,
             Error::PaginationInvalid(_) => ErrorCode::PaginationNumberInvalid,
             Error::Unsupported(_) => ErrorCode::Unsupported,
+            Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::Internal(_) => ErrorCode::Unknown,
         }
     }
@@ -80,6 +84,7 @@ impl From<storage::StorageError> for Error {
             // The session says more bytes were accepted than storage holds (an unsynced upload
             // file lost to a power failure): the client must start over.
             storage::StorageError::OffsetMismatch { .. } => Error::UploadInvalid(format!("upload data was lost ({e}); start a new upload")),
+            storage::StorageError::Unavailable(m) => Error::Unavailable(format!("storage: {m}")),
             other => Error::Internal(format!("storage: {other}")),
         }
     }

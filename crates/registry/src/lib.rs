@@ -47,6 +47,9 @@ pub struct RegistryConfig {
     pub manifest_max_size: usize,
     /// Memory for cached manifests, in bytes (0 turns the cache off).
     pub manifest_cache_bytes: usize,
+    /// Answer whole-blob GETs with a redirect to a URL valid this long, when the storage
+    /// driver can issue one (bytes then flow from object storage, not through the registry).
+    pub blob_redirect: Option<Duration>,
 }
 
 impl Default for RegistryConfig {
@@ -57,6 +60,7 @@ impl Default for RegistryConfig {
             janitor_interval: Duration::from_secs(600),
             manifest_max_size: 4 << 20,
             manifest_cache_bytes: 16 << 20,
+            blob_redirect: None,
         }
     }
 }

@@ -153,6 +153,18 @@ impl Registry {
         Ok(BlobRead { size, range, body })
     }
 
+    /// A URL the client can fetch `digest` of `repo` from directly, when redirects are enabled
+    /// and the storage driver can sign one. Signing is local: no storage request is made.
+    pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        let Some(expiry) = self.inner.config.blob_redirect else { return Ok(None) };
+        let size = self.blob_stat(repo, digest).await?;
+        let url = self.inner.blobs.presigned_get(digest, expiry).await?;
+        if url.is_some() {
+            self.pulled(EventFacts { action: "pull", repo, digest: Some(digest.to_string()), tag: None, media_type: Some(BLOB_MEDIA_TYPE.into()), size: Some(size), from: None });
+        }
+        Ok(url)
+    }
+
     /// Unlink `digest` from `repo`. The bytes stay until garbage collection finds no user.
     pub async fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.require_delete()?;

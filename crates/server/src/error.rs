@@ -82,7 +82,10 @@ impl From<registry::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status(self.code);
-        let message = if status.is_server_error() {
+        let message = if self.code == ErrorCode::Unavailable {
+            tracing::warn!(code = self.code.as_str(), error = %self.message, "request failed; the client may retry");
+            "service temporarily unavailable; retry the request".to_owned()
+        } else if status.is_server_error() {
             tracing::error!(code = self.code.as_str(), error = %self.message, "request failed");
             "internal server error".to_owned()
         } else {
@@ -99,6 +102,10 @@ impl IntoResponse for ApiError {
         for (k, v) in self.headers {
             resp.headers_mut().append(k, v);
         }
+        if self.code == ErrorCode::Unavailable {
+            // Clients (containerd, docker) back off and retry a 503 that says when.
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }
@@ -113,5 +120,12 @@ mod tests {
         assert_eq!(status(ErrorCode::ManifestTooLarge), StatusCode::PAYLOAD_TOO_LARGE);
         let resp = ApiError::new(ErrorCode::Unknown, "disk /secret/path failed").into_response();
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn unavailable_is_a_503_with_retry_after() {
+        let resp = ApiError::new(ErrorCode::Unavailable, "storage: SlowDown").into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
     }
 }

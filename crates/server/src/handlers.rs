@@ -4,7 +4,7 @@
 use std::io;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use http_body_util::BodyExt;
@@ -132,6 +132,17 @@ fn blob_headers(status: StatusCode, digest: &Digest, size: u64, range: Option<By
 }
 
 pub async fn blob_get(reg: &Registry, repo: &RepoName, digest: &Digest, headers: &HeaderMap) -> ApiResult {
+    // Whole-blob reads may go straight to object storage; ranged ones stay here, since not
+    // every client repeats its Range header after a redirect.
+    if !headers.contains_key(header::RANGE)
+        && let Some(url) = reg.blob_redirect(repo, digest).await?
+    {
+        return Ok((
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, url), (HeaderName::from_static("docker-content-digest"), digest.to_string()), (header::CONTENT_LENGTH, "0".to_owned())],
+        )
+            .into_response());
+    }
     let read = reg.blob_get(repo, digest, header_str(headers, header::RANGE)).await?;
     let status = if read.range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
     Ok(blob_headers(status, digest, read.size, read.range).body(Body::from_stream(read.body)).expect("valid response"))

@@ -404,6 +404,13 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn passes_the_large_upload_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path(), false).unwrap();
+        crate::testsuite::run_large(Arc::new(store), 5 << 20).await;
+    }
+
+    #[tokio::test]
     async fn commit_leaves_no_upload_file_and_a_blob_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path(), false).unwrap();

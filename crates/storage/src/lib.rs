@@ -8,6 +8,7 @@
 
 pub mod fs;
 pub mod instrumented;
+pub mod s3;
 pub mod testsuite;
 
 use std::io;
@@ -40,6 +41,10 @@ pub enum StorageError {
     /// A driver-specific failure (object storage errors and the like).
     #[error("{0}")]
     Backend(String),
+    /// The backing service is overloaded or unreachable, and stayed so through the driver's
+    /// retries (S3 throttling, 5xx, a dropped connection). The client may retry the request.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
