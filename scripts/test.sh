@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what it needs, builds once, runs the
 # Rust tests in parallel (cargo-nextest), then drives the real clients (docker, podman, buildah,
-# skopeo, containerd, ORAS) against a real `berth serve`.
+# skopeo, containerd, ORAS) against a real `berth serve`, and then through nginx against a
+# three-node cluster on Ceph RGW and PostgreSQL (started by this script, stopped at exit).
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --rust     only the Rust tests
@@ -28,23 +29,32 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 if [ "$want_clients" = 1 ]; then
     section "installing the real clients (apt) when missing"
-    tests/clients/install.sh tools skopeo podman buildah umoci dockerd docker containerd ctr curl python3 timeout docker-registry
+    tests/clients/install.sh tools skopeo podman buildah umoci dockerd docker containerd ctr curl python3 timeout docker-registry nginx psql jq
 fi
+
+# Shared services start once per run, while the build runs (they take ~20 s, mostly Ceph);
+# the tests that need them fail (never skip) in CI when they are missing.
+section "services: PostgreSQL (metadata backend) and Ceph RGW (S3 storage backend), in the background"
+services_dir=$(mktemp -d /tmp/berth-services.XXXXXX)
+scripts/services.sh start all "$services_dir" >"$services_dir/start.log" 2>&1 &
+services_pid=$!
+# On any exit: let a start still under way finish recording what it started, then stop it all.
+trap 'wait "$services_pid" 2>/dev/null; scripts/services.sh stop "$services_dir" || true; rm -rf "$services_dir"' EXIT
 
 section "build"
 cargo build --workspace --tests --locked
 
-if [ "$want_rust" = 1 ]; then
-    # Shared services start once per run; the tests that need them fail (never skip) in CI
-    # when they are missing.
-    section "services: PostgreSQL (metadata backend) and Ceph RGW (S3 storage backend)"
-    services_dir=$(mktemp -d /tmp/berth-services.XXXXXX)
-    trap 'scripts/services.sh stop "$services_dir" || true; rm -rf "$services_dir"' EXIT
-    # Both side by side (`all`): the Ceph cluster takes ~17 s, PostgreSQL a few seconds.
-    scripts/services.sh start all "$services_dir"
-    # shellcheck source=/dev/null
-    . "$services_dir/env"
+section "services: waiting for them"
+if ! wait "$services_pid"; then
+    cat "$services_dir/start.log" >&2
+    echo "the test services did not start" >&2
+    exit 1
+fi
+cat "$services_dir/start.log"
+# shellcheck source=/dev/null
+. "$services_dir/env"
 
+if [ "$want_rust" = 1 ]; then
     section "rust tests"
     cargo nextest run --workspace --locked --no-fail-fast
 fi
@@ -54,4 +64,7 @@ if [ "$want_clients" = 1 ]; then
     # sure this environment is one it accepts before blaming a client.
     target/debug/berth config check /dev/null
     tests/clients/run.sh --target berth --berth-bin target/debug/berth
+
+    section "real clients through nginx against a three-node berth cluster (S3 + PostgreSQL)"
+    tests/clients/cluster.sh --berth-bin target/debug/berth
 fi

@@ -15,6 +15,8 @@ pkg_of() {
         docker-registry) echo docker-registry ;;
         timeout|sha256sum) echo coreutils ;;
         python3) echo python3 ;;
+        psql) echo postgresql-client ;;
+        nginx) echo nginx-light ;;
         *) echo "$1" ;;
     esac
 }

@@ -12,6 +12,9 @@
 #   --only docker,podman,buildah,skopeo,containerd,oras   clients to run (default: all)
 #   --step-timeout SECONDS   bound on every client command (default 120)
 #   --registry-log FILE      with --url: the registry's log, shown when a step fails
+#   --kill-during-push FILE  with --url to a load balancer: FILE lists the nodes behind it, one
+#                            "PID HOST:PORT" per line; adds a docker step that kills the node
+#                            serving a large push and expects docker to finish through another
 #   --keep                   keep the work directory (default: kept only when a step fails)
 #   --verbose                show every step's output, not only failing ones
 # Environment: CI=true makes a missing tool a failure instead of a loud skip;
@@ -32,6 +35,7 @@ ONLY=""
 KEEP=""
 STEP_TIMEOUT=${STEP_TIMEOUT:-120}
 REGISTRY_LOG=""
+KILL_NODES=""
 
 usage() { sed -n '3,20p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -43,6 +47,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY=${2:?--only needs a list}; shift 2 ;;
         --step-timeout) STEP_TIMEOUT=${2:?}; shift 2 ;;
         --registry-log) REGISTRY_LOG=${2:?}; shift 2 ;;
+        --kill-during-push) KILL_NODES=${2:?}; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --verbose|-v) VERBOSE=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -318,6 +323,51 @@ docker_overwrite() {
     ocitool same-content "reg:$REG/$NS/docker/a@$d1" "oci:$L:amd64-gz"
 }
 
+# The node (a "PID HOST:PORT" line of $KILL_NODES) with a request in flight on two polls in a
+# row: a long upload, not a passing HEAD. A scrape counts itself, hence ">= 2".
+busy_node() {
+    local pid addr n seen=""
+    for ((i = 0; i < 600; i++)); do
+        while read -r pid addr; do
+            kill -0 "$pid" 2>/dev/null || continue
+            n=$(curl -s --max-time 1 "http://$addr/metrics" | awk '/^registry_http_in_flight_requests /{print int($2)}')
+            if [ "${n:-0}" -ge 2 ]; then
+                [ "$seen" = "$pid" ] && { echo "$pid $addr"; return 0; }
+                seen=$pid
+                continue 2
+            fi
+        done <"$KILL_NODES"
+        seen=""
+        sleep 0.05
+    done
+    return 1
+}
+
+docker_push_node_killed() {
+    mkdir -p "$WORK/chaos"
+    # One 160 MiB layer of random bytes: the push is still uploading when the node dies.
+    head -c $((160 << 20)) /dev/urandom >"$WORK/chaos/big.bin"
+    tar -C "$WORK/chaos" -cf "$WORK/chaos/rootfs.tar" big.bin
+    docker_cli import "$WORK/chaos/rootfs.tar" "$REG/$NS/docker/chaos:1"
+    local id victim rc=0
+    id=$(docker_cli image inspect --format '{{.Id}}' "$REG/$NS/docker/chaos:1")
+    t "$DOCKER_CLI" push "$REG/$NS/docker/chaos:1" >"$WORK/dk-chaos.out" 2>&1 &
+    local push=$!
+    victim=$(busy_node) || { wait "$push" || true; cat "$WORK/dk-chaos.out"; echo "no node was seen serving the push"; return 1; }
+    kill -KILL "${victim%% *}"
+    echo "killed node ${victim#* } (pid ${victim%% *}) during the push"
+    wait "$push" || rc=$?
+    cat "$WORK/dk-chaos.out"
+    assert_eq "$rc" 0 "docker push finished through the remaining nodes"
+    assert_grep "$WORK/dk-chaos.out" "Retrying in" "docker saw the node die and retried the layer"
+    local d
+    d=$(pushed_digest "$WORK/dk-chaos.out")
+    docker_rm_local
+    docker_cli pull "$REG/$NS/docker/chaos:1" | tee "$WORK/dk-chaos-pull.out"
+    assert_eq "$(pushed_digest "$WORK/dk-chaos-pull.out")" "$d" "pulled digest equals pushed digest"
+    assert_eq "$(docker_cli image inspect --format '{{.Id}}' "$REG/$NS/docker/chaos:1")" "$id" "pulled image id equals the imported one"
+}
+
 test_docker() {
     # the CLI that comes with dockerd, if any: its API version matches the daemon
     DOCKER_CLI=$(dirname "$(command -v dockerd)")/docker
@@ -334,6 +384,9 @@ test_docker() {
     step "docker: pull by tag, save, compare layers" docker_pull_tag
     step "docker: pull by digest" docker_pull_digest
     step "docker: overwrite a tag with a new image" docker_overwrite
+    if [ -n "$KILL_NODES" ]; then
+        step "docker: push a large image while the node serving it is killed" docker_push_node_killed
+    fi
 }
 
 # ================================================================== podman
