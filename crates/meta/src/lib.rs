@@ -39,4 +39,15 @@ pub enum MetaError {
     Corrupt(String),
 }
 
+impl MetaError {
+    /// The database is unreachable, overloaded or shutting down (connection lost, no pool
+    /// connection free in time, pool closed): the request may succeed if retried.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MetaError::Database(e) => matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;

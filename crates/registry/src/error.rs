@@ -73,6 +73,7 @@ impl From<meta::MetaError> for Error {
     fn from(e: meta::MetaError) -> Self {
         match e {
             meta::MetaError::MissingBlob(d) | meta::MetaError::MissingManifest(d) => Error::ManifestBlobUnknown(d),
+            e if e.is_transient() => Error::Unavailable(e.to_string()),
             other => Error::Internal(other.to_string()),
         }
     }
