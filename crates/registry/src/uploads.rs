@@ -215,7 +215,7 @@ impl Registry {
     pub async fn upload_chunk(&self, repo: &RepoName, id: &UploadId, range: Option<ByteRange>, body: ByteStream) -> Result<UploadState> {
         let _guard = self.busy(id)?;
         let s = self.session(repo, id).await?;
-        let (hasher, driver_state, n) = self.append(&s, range, body).await?;
+        let (hasher, driver_state, n) = self.append(&s, range, body, false).await?;
         let offset = s.offset + n;
         let update = meta::UploadUpdate {
             id,
@@ -233,7 +233,8 @@ impl Registry {
 
     /// Write `body` after what session `s` holds; returns the hash state, driver state and the
     /// number of bytes written. Nothing is recorded: the caller updates or finishes the session.
-    async fn append(&self, s: &meta::UploadSession, range: Option<ByteRange>, mut body: ByteStream) -> Result<(Hasher, Vec<u8>, u64)> {
+    /// `last`: the caller commits right away, so the driver may keep the tail in memory.
+    async fn append(&self, s: &meta::UploadSession, range: Option<ByteRange>, mut body: ByteStream, last: bool) -> Result<(Hasher, Vec<u8>, u64)> {
         if let Some(r) = range
             && r.start != s.offset
         {
@@ -242,7 +243,7 @@ impl Registry {
         let hasher = Hasher::restore(Algorithm::Sha256, &s.hash_state).map_err(|e| Error::Internal(e.to_string()))?;
         let mut writer = self.inner.blobs.upload_writer(&s.id, s.offset, &s.driver_state).await?;
         let (hasher, n) = pump(&mut body, hasher, writer.as_mut()).await?;
-        let driver_state = writer.finish().await?;
+        let driver_state = if last { writer.finish_last().await? } else { writer.finish().await? };
         if let Some(r) = range
             && n != r.len()
         {
@@ -264,7 +265,7 @@ impl Registry {
         let s = self.session(repo, id).await?;
         let (hasher, driver_state, size) = match body {
             Some(body) => {
-                let (h, d, n) = self.append(&s, range, body).await?;
+                let (h, d, n) = self.append(&s, range, body, true).await?;
                 (h, d, s.offset + n)
             }
             None => {
@@ -290,7 +291,7 @@ impl Registry {
         let result = async {
             let mut writer = self.inner.blobs.upload_writer(&id, 0, &[]).await?;
             let (hasher, n) = pump(&mut body, Hasher::new(digest.algorithm()), writer.as_mut()).await?;
-            Ok::<_, Error>((hasher, n, writer.finish().await?))
+            Ok::<_, Error>((hasher, n, writer.finish_last().await?))
         }
         .await;
         let (hasher, size, driver_state) = match result {

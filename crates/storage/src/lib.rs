@@ -66,6 +66,15 @@ pub trait UploadWriter: Send {
     /// Flush what was written and return the driver state to keep with the session (opaque to
     /// the caller; the filesystem driver needs none, an object store keeps its part list).
     async fn finish(self: Box<Self>) -> Result<Vec<u8>>;
+
+    /// Like [`UploadWriter::finish`], for the last request of an upload: the state returned is
+    /// passed straight to [`BlobStore::commit_upload`] (or `read_upload`, then commit) by this
+    /// process and never stored with the session, so a driver may keep the unflushed tail in
+    /// memory inside it instead of writing it out (an object store then commits a small blob
+    /// in one PUT).
+    async fn finish_last(self: Box<Self>) -> Result<Vec<u8>> {
+        self.finish().await
+    }
 }
 
 /// Content-addressed blob storage. Held as `Arc<dyn BlobStore>`.

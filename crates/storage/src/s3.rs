@@ -22,7 +22,9 @@
 //! state, and S3 refuses to complete a multipart upload whose listed ETags do not match the parts
 //! it holds.
 //!
-//! Commit: a blob smaller than a part is written to its content address in one PUT. A larger one
+//! Commit: a blob smaller than a part is written to its content address in one PUT (when it
+//! arrives in one request, straight from memory: `finish_last` keeps the tail in the state it
+//! hands to the commit, and nothing else touches the bucket). A larger one
 //! completes the multipart upload and is copied server-side to its content address (objects over
 //! S3's 5 GiB copy limit are streamed through instead). Incomplete multipart uploads left by a
 //! crashed node are not visible to `list_uploads`: give the bucket an
@@ -141,6 +143,19 @@ impl UploadState {
         serde_json::from_slice(state).map_err(|e| StorageError::Backend(format!("unreadable S3 upload state: {e}")))
     }
 
+    /// A state from `finish` or `finish_last`: the recorded part and the in-memory tail.
+    fn parse_with_tail(state: &[u8]) -> Result<(UploadState, Bytes)> {
+        let Some(rest) = state.strip_prefix(INLINE_MAGIC) else { return Ok((UploadState::parse(state)?, Bytes::new())) };
+        let bad = || StorageError::Backend("unreadable S3 upload state (inline tail)".into());
+        let (len, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+        let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| bad())?;
+        if rest.len() < len {
+            return Err(bad());
+        }
+        let (json, tail) = rest.split_at(len);
+        Ok((UploadState::parse(json)?, Bytes::copy_from_slice(tail)))
+    }
+
     fn held(&self) -> u64 {
         self.part_bytes + self.segments.iter().map(|s| s.len).sum::<u64>()
     }
@@ -148,7 +163,27 @@ impl UploadState {
     fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("upload state serializes")
     }
+
+    /// The state with an in-memory tail appended (see `finish_last`).
+    fn encode_with_tail(&self, tail: &[Bytes]) -> Vec<u8> {
+        let json = self.encode();
+        let tail_len: usize = tail.iter().map(Bytes::len).sum();
+        let mut out = Vec::with_capacity(INLINE_MAGIC.len() + 8 + json.len() + tail_len);
+        out.extend_from_slice(INLINE_MAGIC);
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+        tail.iter().for_each(|b| out.extend_from_slice(b));
+        out
+    }
+
+    /// Whether anything of this upload was written to the bucket (and must be cleaned up).
+    fn in_bucket(&self) -> bool {
+        self.multipart.is_some() || !self.segments.is_empty()
+    }
 }
+
+/// Marks a state carrying its tail in memory (never valid JSON, which starts with `{`).
+const INLINE_MAGIC: &[u8] = b"berth-s3-inline\n";
 
 /// Was this failure worth telling the client to retry (throttling, a 5xx, a dropped connection)?
 /// object_store keeps its status-carrying error type private, so the status is read from the
@@ -284,7 +319,7 @@ impl S3Store {
 
     /// Send the tail as the last part and complete the multipart upload into the staging
     /// object. Idempotent: an upload already completed (by a re-hash read) is left as it is.
-    async fn complete(&self, id: &UploadId, st: &UploadState, size: u64) -> Result<Path> {
+    async fn complete(&self, id: &UploadId, st: &UploadState, tail: &Bytes, size: u64) -> Result<Path> {
         let staging = self.staging_key(id);
         let mp = st.multipart.clone().ok_or_else(|| StorageError::Backend("no multipart upload".into()))?;
         if let Ok(meta) = self.inner.s3.head(&staging).await
@@ -293,9 +328,10 @@ impl S3Store {
             return Ok(staging);
         }
         let mut parts: Vec<PartId> = st.parts.iter().map(|e| PartId { content_id: e.clone() }).collect();
-        if !st.segments.is_empty() {
-            let tail = self.read_segments(id, &st.segments).await?;
-            let part = self.inner.s3.put_part(&staging, &mp, parts.len(), PutPayload::from_iter(tail)).await.map_err(map_err)?;
+        if !st.segments.is_empty() || !tail.is_empty() {
+            let mut last = self.read_segments(id, &st.segments).await?;
+            last.push(tail.clone());
+            let part = self.inner.s3.put_part(&staging, &mp, parts.len(), PutPayload::from_iter(last)).await.map_err(map_err)?;
             parts.push(part);
         }
         self.inner.s3.complete_multipart(&staging, &mp, parts).await.map_err(map_err)?;
@@ -406,6 +442,15 @@ impl UploadWriter for S3Writer {
         Ok(())
     }
 
+    async fn finish_last(mut self: Box<Self>) -> Result<Vec<u8>> {
+        while !self.in_flight.is_empty() {
+            self.settle_one().await?;
+        }
+        // The tail (less than a part) stays in memory for the commit that follows.
+        let tail = std::mem::take(&mut self.pending);
+        Ok(self.state.encode_with_tail(&tail))
+    }
+
     async fn finish(mut self: Box<Self>) -> Result<Vec<u8>> {
         while !self.in_flight.is_empty() {
             self.settle_one().await?;
@@ -469,6 +514,9 @@ impl BlobStore for S3Store {
     }
 
     async fn upload_writer(&self, id: &UploadId, offset: u64, state: &[u8]) -> Result<Box<dyn UploadWriter>> {
+        if state.starts_with(INLINE_MAGIC) {
+            return Err(StorageError::Backend("a state from finish_last cannot be continued".into()));
+        }
         let state = UploadState::parse(state)?;
         let held = state.held();
         if held != offset {
@@ -478,47 +526,55 @@ impl BlobStore for S3Store {
     }
 
     async fn read_upload(&self, id: &UploadId, size: u64, state: &[u8]) -> Result<ByteStream> {
-        let st = UploadState::parse(state)?;
-        if st.held() != size {
-            return Err(StorageError::OffsetMismatch { held: st.held(), offset: size });
+        let (st, tail) = UploadState::parse_with_tail(state)?;
+        let held = st.held() + tail.len() as u64;
+        if held != size {
+            return Err(StorageError::OffsetMismatch { held, offset: size });
         }
         if st.multipart.is_none() {
-            let segments = self.read_segments(id, &st.segments).await?;
+            let mut segments = self.read_segments(id, &st.segments).await?;
+            segments.push(tail);
             return Ok(Box::pin(futures::stream::iter(segments.into_iter().map(Ok))));
         }
         // Parts of an unfinished multipart upload cannot be read: finish it. The commit that
         // follows finds it finished.
-        let staging = self.complete(id, &st, size).await?;
+        let staging = self.complete(id, &st, &tail, size).await?;
         let got = self.inner.s3.get(&staging).await.map_err(map_err)?;
         Ok(Box::pin(got.into_stream().map_err(io_error)))
     }
 
     async fn commit_upload(&self, id: &UploadId, size: u64, state: &[u8], digest: &Digest) -> Result<()> {
-        let st = UploadState::parse(state)?;
-        if st.held() != size {
-            return Err(StorageError::OffsetMismatch { held: st.held(), offset: size });
+        let (st, tail) = UploadState::parse_with_tail(state)?;
+        let held = st.held() + tail.len() as u64;
+        if held != size {
+            return Err(StorageError::OffsetMismatch { held, offset: size });
         }
         let dest = self.blob_key(digest);
         if st.multipart.is_none() {
-            let segments = self.read_segments(id, &st.segments).await?;
-            self.inner.s3.put(&dest, PutPayload::from_iter(segments)).await.map_err(map_err)?;
+            let mut payload = self.read_segments(id, &st.segments).await?;
+            payload.push(tail);
+            self.inner.s3.put(&dest, PutPayload::from_iter(payload)).await.map_err(map_err)?;
         } else {
-            let staging = self.complete(id, &st, size).await?;
+            let staging = self.complete(id, &st, &tail, size).await?;
             if size <= MAX_COPY {
                 self.inner.s3.copy(&staging, &dest).await.map_err(map_err)?;
             } else {
                 self.stream_copy(&staging, &dest).await?;
             }
         }
-        // The blob is in place; what is left is garbage the janitor would also find.
-        if let Err(e) = self.remove_upload_objects(id).await {
+        // The blob is in place; what is left is garbage the janitor would also find. A blob
+        // that never left memory before this PUT left nothing (bytes of an earlier failed
+        // request on the session, if any, are the janitor's once the session is gone).
+        if st.in_bucket()
+            && let Err(e) = self.remove_upload_objects(id).await
+        {
             tracing::warn!(upload = %id, error = %e, "could not remove a committed upload's objects; the janitor will");
         }
         Ok(())
     }
 
     async fn abort_upload(&self, id: &UploadId, state: &[u8]) -> Result<()> {
-        let st = UploadState::parse(state).unwrap_or_default();
+        let st = UploadState::parse_with_tail(state).map(|(st, _)| st).unwrap_or_default();
         if let Some(mp) = &st.multipart {
             match self.inner.s3.abort_multipart(&self.staging_key(id), mp).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
