@@ -176,10 +176,6 @@ impl UploadState {
         out
     }
 
-    /// Whether anything of this upload was written to the bucket (and must be cleaned up).
-    fn in_bucket(&self) -> bool {
-        self.multipart.is_some() || !self.segments.is_empty()
-    }
 }
 
 /// Marks a state carrying its tail in memory (never valid JSON, which starts with `{`).
@@ -562,13 +558,18 @@ impl BlobStore for S3Store {
                 self.stream_copy(&staging, &dest).await?;
             }
         }
-        // The blob is in place; what is left is garbage the janitor would also find. A blob
-        // that never left memory before this PUT left nothing (bytes of an earlier failed
-        // request on the session, if any, are the janitor's once the session is gone).
-        if st.in_bucket()
-            && let Err(e) = self.remove_upload_objects(id).await
-        {
-            tracing::warn!(upload = %id, error = %e, "could not remove a committed upload's objects; the janitor will");
+        // The blob is in place. Remove what the state names (no listing needed); bytes an
+        // earlier failed request on the session left are the janitor's once the session is gone.
+        let mut leftovers: Vec<Path> = st.segments.iter().map(|seg| self.segment_key(id, &seg.name)).collect();
+        if st.multipart.is_some() {
+            leftovers.push(self.staging_key(id));
+        }
+        for key in leftovers {
+            if let Err(e) = self.inner.s3.delete(&key).await
+                && !matches!(e, object_store::Error::NotFound { .. })
+            {
+                tracing::warn!(upload = %id, error = %e, "could not remove a committed upload's object; the janitor will");
+            }
         }
         Ok(())
     }
