@@ -127,6 +127,10 @@ struct UploadState {
     /// Bytes received after the last part, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     segments: Vec<Segment>,
+    /// Segment objects already sent inside a part: deleted on commit (not before, since an
+    /// earlier recorded state may still name them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    spent: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -402,7 +406,8 @@ impl S3Writer {
         let mut len: u64 = self.state.segments.iter().map(|s| s.len).sum();
         // The segment objects stay until commit or abort: the session's recorded state may
         // still refer to them if this request fails.
-        self.state.segments.clear();
+        let spent: Vec<String> = self.state.segments.drain(..).map(|seg| seg.name).collect();
+        self.state.spent.extend(spent);
         payload.append(&mut self.pending);
         len += self.pending_len;
         self.pending_len = 0;
@@ -560,7 +565,8 @@ impl BlobStore for S3Store {
         }
         // The blob is in place. Remove what the state names (no listing needed); bytes an
         // earlier failed request on the session left are the janitor's once the session is gone.
-        let mut leftovers: Vec<Path> = st.segments.iter().map(|seg| self.segment_key(id, &seg.name)).collect();
+        let names = st.segments.iter().map(|seg| &seg.name).chain(&st.spent);
+        let mut leftovers: Vec<Path> = names.map(|name| self.segment_key(id, name)).collect();
         if st.multipart.is_some() {
             leftovers.push(self.staging_key(id));
         }
