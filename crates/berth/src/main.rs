@@ -4,6 +4,8 @@
 
 mod bench;
 mod config;
+mod import;
+mod migrate;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +49,13 @@ enum Command {
     },
     /// Benchmark a running registry (berth or any other) over HTTP.
     Bench(bench::BenchArgs),
+    /// Copy every blob, manifest and tag of one deployment into another (offline, resumable).
+    Migrate(migrate::MigrateArgs),
+    /// Load another registry's storage into berth (offline, resumable).
+    Import {
+        #[command(subcommand)]
+        command: import::ImportCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +132,8 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Command::Migrate(args) => migrate::main(args),
+        Command::Import { command } => import::main(command),
     }
 }
 

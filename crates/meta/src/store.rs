@@ -620,6 +620,53 @@ impl MetaStore {
         })
     }
 
+    // ---- listings (berth migrate: copying one deployment into another) ----
+
+    /// Blobs linked to `repo`, with their sizes, in digest order after `after`, at most `limit`.
+    /// Empty if the repository does not exist.
+    pub async fn repository_blobs(&self, repo: &RepoName, after: Option<&Digest>, limit: u32) -> Result<Vec<(Digest, u64)>> {
+        let rows = sqlx::query(
+            "SELECT rb.digest, b.size FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+             JOIN blobs b ON b.digest = rb.digest WHERE r.name = $1 AND rb.digest > $2 ORDER BY rb.digest LIMIT $3",
+        )
+        .bind(repo.as_str())
+        .bind(after.map_or("", Digest::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(|r| Ok((parse(r, "digest")?, to_u64(r, "size")?))).collect()
+    }
+
+    /// Manifests of `repo` (exact bytes and media type), in digest order after `after`, at most
+    /// `limit`. Empty if the repository does not exist.
+    pub async fn repository_manifests(&self, repo: &RepoName, after: Option<&Digest>, limit: u32) -> Result<Vec<StoredManifest>> {
+        let rows = sqlx::query(
+            "SELECT m.digest, m.media_type, m.content FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.name = $1 AND m.digest > $2 ORDER BY m.digest LIMIT $3",
+        )
+        .bind(repo.as_str())
+        .bind(after.map_or("", Digest::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(Self::manifest_from_row).collect()
+    }
+
+    /// Tags of `repo` with the manifest each points at, in byte order after `after`, at most
+    /// `limit`. Empty if the repository does not exist.
+    pub async fn repository_tags(&self, repo: &RepoName, after: Option<&Tag>, limit: u32) -> Result<Vec<(Tag, Digest)>> {
+        let rows = sqlx::query(
+            "SELECT t.name, t.manifest_digest FROM tags t JOIN repositories r ON r.id = t.repository_id \
+             WHERE r.name = $1 AND t.name > $2 ORDER BY t.name LIMIT $3",
+        )
+        .bind(repo.as_str())
+        .bind(after.map_or("", Tag::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(|r| Ok((parse(r, "name")?, parse(r, "manifest_digest")?))).collect()
+    }
+
     // ---- consistency checks (tests, fsck) ----
 
     /// Every blob digest recorded, with its size.

@@ -104,6 +104,30 @@ pub async fn run(m: &MetaStore) {
     m.put_manifest(&a, &ni, &[tag("v1")], &[]).await.expect("move tag");
     assert_eq!(m.manifest_by_tag(&a, &tag("v1")).await.expect("q").expect("found").digest, index);
 
+    // Listings for copying a deployment: keyset pages in digest (tag) order, exact bytes.
+    let mut linked = vec![(config.clone(), 6), (layer.clone(), 5)];
+    linked.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
+    assert_eq!(m.repository_blobs(&a, None, 100).await.expect("q"), linked);
+    assert_eq!(m.repository_blobs(&a, None, 1).await.expect("q"), linked[..1]);
+    assert_eq!(m.repository_blobs(&a, Some(&linked[0].0), 100).await.expect("q"), linked[1..]);
+    assert!(m.repository_blobs(&b, None, 100).await.expect("q").is_empty(), "b's only link was removed");
+    assert!(m.repository_blobs(&repo("nope"), None, 100).await.expect("q").is_empty());
+    let mut stored = vec![(digest.clone(), oci::media::OCI_MANIFEST, &body[..]), (index.clone(), oci::media::OCI_INDEX, &index_body[..])];
+    stored.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
+    let listed = m.repository_manifests(&a, None, 100).await.expect("q");
+    let listed: Vec<_> = listed.iter().map(|s| (s.digest.clone(), s.media_type.as_str(), s.content.as_slice())).collect();
+    assert_eq!(listed, stored);
+    let page2 = m.repository_manifests(&a, Some(&stored[0].0), 1).await.expect("q");
+    assert_eq!(page2.iter().map(|s| s.digest.clone()).collect::<Vec<_>>(), [stored[1].0.clone()]);
+    assert!(m.repository_manifests(&b, None, 100).await.expect("q").is_empty());
+    let tags = m.repository_tags(&a, None, 100).await.expect("q");
+    let names: Vec<&str> = tags.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(names, ["A", "Z", "a", "b", "c-1", "c_1", "latest", "multi", "v1"]);
+    assert!(tags.iter().all(|(t, d)| *d == if matches!(t.as_str(), "multi" | "v1") { index.clone() } else { digest.clone() }));
+    let after = m.repository_tags(&a, Some(&tag("c_1")), 2).await.expect("q");
+    assert_eq!(after, [(tag("latest"), digest.clone()), (tag("multi"), index.clone())]);
+    assert!(m.repository_tags(&repo("nope"), None, 100).await.expect("q").is_empty());
+
     // Deleting a tag leaves the manifest; deleting a manifest takes its tags.
     assert!(m.delete_tag(&a, &tag("v1"), &[]).await.expect("delete tag"));
     assert!(!m.delete_tag(&a, &tag("v1"), &[]).await.expect("delete tag"));
