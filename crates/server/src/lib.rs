@@ -39,15 +39,19 @@ pub fn router(registry: Registry) -> Router {
 pub struct Observability {
     /// Record HTTP metrics into these (`None`: no metrics).
     pub metrics: Option<Metrics>,
-    /// Also serve `GET /metrics` on the main listener (when no separate metrics listener is
-    /// configured).
+    /// Also serve `GET /metrics` and the admin API on the main listener (when no separate
+    /// operations listener is configured; with one, they are served only there).
     pub metrics_on_main: bool,
 }
 
 /// Build the router for `registry` with `obs`: the API, `/healthz`, `/readyz`, and `/metrics`
-/// when `obs.metrics_on_main`; every request recorded in `obs.metrics` and logged.
+/// and the admin API when `obs.metrics_on_main`; every request recorded in `obs.metrics` and
+/// logged.
 pub fn router_with(registry: Registry, obs: Observability) -> Router {
-    let mut app = Router::new().fallback(dispatch).with_state(registry.clone()).merge(health::routes(registry.clone())).merge(admin::routes(registry));
+    let mut app = Router::new().fallback(dispatch).with_state(registry.clone()).merge(health::routes(registry.clone()));
+    if obs.metrics_on_main {
+        app = app.merge(admin::routes(registry));
+    }
     if let Some(m) = obs.metrics {
         if obs.metrics_on_main {
             app = app.merge(metrics::routes(m.clone()));

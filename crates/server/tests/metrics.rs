@@ -334,15 +334,18 @@ async fn a_separate_admin_listener_serves_metrics_the_main_one_records() {
     let admin = TestRegistry { router: ops_router(s.t.registry.clone(), Some(s.metrics.clone())), registry: s.t.registry.clone(), dir: tempfile::tempdir().expect("tempdir") };
 
     assert_eq!(main.get("/metrics").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(main.get("/admin/audit").await.status, StatusCode::NOT_FOUND, "the admin API moves to the operations listener");
+    assert_eq!(admin.get("/admin/audit").await.status, StatusCode::OK);
     assert_eq!(main.get("/v2/").await.status, StatusCode::OK);
     assert_eq!(admin.get("/healthz").await.status, StatusCode::OK);
     assert_eq!(admin.get("/readyz").await.status, StatusCode::OK);
 
     let m = scrape(&admin).await;
     assert_eq!(counter(&m, "registry_http_requests", &[("method", "GET"), ("route", "/v2/"), ("status_class", "2xx")]), 1.0);
-    assert_eq!(counter(&m, "registry_http_requests", &[("method", "GET"), ("route", "other"), ("status_class", "4xx")]), 1.0, "/metrics is not on the main listener");
+    assert_eq!(counter(&m, "registry_http_requests", &[("method", "GET"), ("route", "other"), ("status_class", "4xx")]), 2.0, "/metrics and /admin are not on the main listener");
     assert!(m.iter().all(|x| x.labels.get("route").is_none_or(|r| r != "/healthz" && r != "/metrics")), "admin requests are not counted");
     assert_eq!(gauge(&m, "registry_http_in_flight_requests", &[]), 0.0);
+    assert_eq!(main.get("/healthz").await.status, StatusCode::OK, "probes answer on both listeners");
 
     // Without metrics the admin listener still answers the probes.
     let bare = TestRegistry { router: ops_router(s.t.registry.clone(), None), registry: s.t.registry.clone(), dir: tempfile::tempdir().expect("tempdir") };
