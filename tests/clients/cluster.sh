@@ -111,11 +111,14 @@ start_nodes() {
 }
 
 start_nginx() {
-    local port upstream="" pid addr
+    local port pid addr servers=""
     port=$(free_port)
-    while read -r pid addr; do upstream="$upstream        server $addr max_fails=1 fail_timeout=10s;"$'\n'; done <"$NODE_FILE"
+    while read -r pid addr; do servers="$servers $addr"; done <"$NODE_FILE"
     mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
-    # The proxying directives are those of deploy/nginx/berth.conf (the documented example).
+    # The documented example itself (deploy/nginx/berth.conf), with its upstream pointed at our
+    # nodes and its listen address on loopback; only the process-level settings are ours.
+    # shellcheck disable=SC2086  # $servers: one argument per node
+    python3 "$HERE/nginx-conf.py" "$HERE/../../deploy/nginx/berth.conf" "$port" $servers >"$WORK/nginx/berth.conf"
     cat >"$WORK/nginx/nginx.conf" <<EOF
 worker_processes 1;
 pid $WORK/nginx/nginx.pid;
@@ -128,28 +131,10 @@ http {
     fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
     uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
     scgi_temp_path $WORK/nginx/tmp/scgi;
-    upstream berth {
-$upstream        keepalive 32;
-    }
-    server {
-        listen 127.0.0.1:$port;
-        client_max_body_size 0;
-        chunked_transfer_encoding on;
-        location / {
-            proxy_pass http://berth;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_request_buffering off;
-            proxy_buffering off;
-            proxy_read_timeout 900s;
-            proxy_send_timeout 900s;
-        }
-    }
+    include $WORK/nginx/berth.conf;
 }
 EOF
+    grep -E "^\s*(server|listen) " "$WORK/nginx/berth.conf"
     t "$NGINX" -t -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
     start_bg nginx "$WORK/nginx/stderr.log" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
     wait_until 15 "$LAST_PID" nginx curl -fsS -o /dev/null "http://127.0.0.1:$port/v2/" || { cat "$WORK/nginx/logs/error.log"; return 1; }
