@@ -29,9 +29,10 @@ use handlers::{ApiResult, Query};
 pub use metrics::Metrics;
 use routes::Route;
 
-/// Build the router for `registry`: the distribution API plus `/healthz` and `/readyz`.
+/// Build the router for `registry`: the distribution API, `/healthz`, `/readyz` and the admin
+/// API, without metrics.
 pub fn router(registry: Registry) -> Router {
-    router_with(registry, Observability::default())
+    router_with(registry, Observability { metrics: None, metrics_on_main: true })
 }
 
 /// What the main listener exposes besides the API and the health probes.
