@@ -42,6 +42,17 @@ pub struct RawConfig {
     pub notifications: RawNotifications,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub gc: RawGc,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGc {
+    /// Collect garbage in the background (`berth gc` works either way).
+    pub enabled: Option<bool>,
+    pub interval: Option<Value>,
+    pub grace: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -468,6 +479,18 @@ impl RawConfig {
             }
             Some(other) => return Err(err("storage.driver", format!("{other:?} must be filesystem or s3"))),
         };
+        let gc_grace = duration("gc.grace", self.gc.grace, defaults.gc_grace)?;
+        // A push links each layer when it arrives and references it when its manifest does,
+        // which for a large image can be many minutes later: a short grace period would make
+        // such pushes fail (cleanly, but fail).
+        if gc_grace < Duration::from_secs(600) {
+            return Err(err("gc.grace", "must be at least 10m (pushes in flight need their layers to outlive the wait for their manifest)"));
+        }
+        let gc_interval = duration("gc.interval", self.gc.interval, Duration::from_secs(3600))?;
+        if gc_interval < Duration::from_secs(1) {
+            return Err(err("gc.interval", "must be at least 1s"));
+        }
+        let gc_interval = self.gc.enabled.unwrap_or(true).then_some(gc_interval);
         let blob_redirect = if self.storage.redirect.enabled.unwrap_or(false) {
             if !matches!(storage, StorageDriver::S3(_)) {
                 return Err(err("storage.redirect.enabled", "needs storage.driver s3 (the filesystem driver cannot issue URLs)"));
@@ -589,6 +612,8 @@ impl RawConfig {
             data_dir,
             registry: registry::RegistryConfig {
                 blob_redirect,
+                gc_grace,
+                gc_interval,
                 delete_enabled: self.storage.delete.enabled.unwrap_or(true),
                 upload_expiry,
                 janitor_interval,
@@ -704,6 +729,18 @@ mod tests {
         let mut t = tree("http:\n");
         apply_env(&mut t, [("BERTH_HTTP__ADDR".to_string(), "127.0.0.1:9".to_string())]).unwrap();
         assert_eq!(RawConfig::from_tree(t).unwrap().resolve().unwrap().addr.port(), 9);
+    }
+
+    #[test]
+    fn gc_settings() {
+        let c = RawConfig::from_tree(tree("gc: {interval: 30m, grace: 12h}")).unwrap().resolve().unwrap();
+        assert_eq!((c.registry.gc_interval, c.registry.gc_grace), (Some(Duration::from_secs(1800)), Duration::from_secs(12 * 3600)));
+        let c = RawConfig::from_tree(tree("gc: {enabled: false}")).unwrap().resolve().unwrap();
+        assert_eq!(c.registry.gc_interval, None);
+        let e = RawConfig::from_tree(tree("gc: {grace: 1m}")).unwrap().resolve().unwrap_err();
+        assert_eq!(e.path, "gc.grace");
+        let e = RawConfig::from_tree(tree("gc: {every: 1h}")).unwrap_err();
+        assert_eq!(e.path, "gc.every");
     }
 
     #[test]

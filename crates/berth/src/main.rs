@@ -49,6 +49,23 @@ enum Command {
     },
     /// Benchmark a running registry (berth or any other) over HTTP.
     Bench(bench::BenchArgs),
+    /// Collect garbage now: blobs no manifest references and no recent push or mount holds.
+    /// Safe while servers run on the same data.
+    Gc {
+        /// YAML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Directory for blobs and metadata (data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Only report what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Grace period instead of gc.grace (e.g. 1h). Pushes in flight longer than this may
+        /// fail (cleanly) and must be retried.
+        #[arg(long, value_parser = parse_duration_arg)]
+        grace: Option<std::time::Duration>,
+    },
     /// Copy every blob, manifest and tag of one deployment into another (offline, resumable).
     Migrate(migrate::MigrateArgs),
     /// Load another registry's storage into berth (offline, resumable).
@@ -132,6 +149,18 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Command::Gc { config, data_dir, dry_run, grace } => {
+            let result = config::load(config.as_deref(), env_vars(), &Overrides { listen: None, data_dir })
+                .map_err(|e| anyhow::anyhow!("configuration error: {e}"))
+                .and_then(|cfg| runtime().block_on(gc(&cfg, dry_run, grace)));
+            match result {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berth gc: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Migrate(args) => migrate::main(args),
         Command::Import { command } => import::main(command),
     }
@@ -228,6 +257,69 @@ fn redact(url: &str) -> String {
     }
 }
 
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 30s, 10m, 24h"))
+}
+
+/// `berth gc`: one collection against the configured stores, with progress on stderr.
+async fn gc(cfg: &Config, dry_run: bool, grace: Option<std::time::Duration>) -> anyhow::Result<()> {
+    let store = open_storage(cfg).await?;
+    let meta = open_database(cfg).await?;
+    let registry = registry::Registry::new(meta.clone(), store, cfg.registry.clone());
+    let started = std::time::Instant::now();
+    let last = std::sync::Mutex::new(std::time::Instant::now() - std::time::Duration::from_secs(1));
+    let progress = |p: registry::GcProgress| {
+        let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.elapsed() < std::time::Duration::from_millis(500) {
+            return;
+        }
+        *last = std::time::Instant::now();
+        match p {
+            registry::GcProgress::Links { removed } => eprintln!("  unused repository links removed: {removed}"),
+            registry::GcProgress::Blobs { deleted, bytes } => eprintln!("  blobs {}: {deleted} ({})", if dry_run { "to delete" } else { "deleted" }, human(bytes)),
+        }
+    };
+    let grace_used = grace.unwrap_or(cfg.registry.gc_grace);
+    eprintln!("berth gc{}: grace period {}", if dry_run { " (dry run)" } else { "" }, humantime(grace_used));
+    let r = registry.collect_garbage(dry_run, grace, &progress).await;
+    meta.close().await;
+    let r = r?;
+    if dry_run {
+        println!("would delete {} blobs, {} ({:.1} s)", r.blobs_deleted, human(r.bytes_freed), started.elapsed().as_secs_f64());
+    } else {
+        println!(
+            "removed {} unused repository links; deleted {} blobs, {} ({:.1} s){}",
+            r.links_removed,
+            r.blobs_deleted,
+            human(r.bytes_freed),
+            started.elapsed().as_secs_f64(),
+            if r.storage_errors > 0 { format!("; {} blobs could not be deleted from storage (see the log)", r.storage_errors) } else { String::new() }
+        );
+    }
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+fn humantime(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     for dir in [Some(cfg.data_dir.as_path()), cfg.sqlite_path.parent()].into_iter().flatten().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
@@ -248,6 +340,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let stop = CancellationToken::new();
     let janitor = registry.spawn_janitor(stop.clone());
+    let collector = registry.spawn_gc(stop.clone());
     let event_tasks = registry.spawn_events(stop.clone());
     let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
     let addr = listener.local_addr()?;
@@ -272,6 +365,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = t.await;
     }
     let _ = janitor.await;
+    if let Some(t) = collector {
+        let _ = t.await;
+    }
     for t in event_tasks {
         let _ = t.await;
     }

@@ -10,13 +10,15 @@
 //! `SQLITE_BUSY`; reads use a separate pool and, in WAL mode, never wait for writes.
 
 pub(crate) mod events;
+mod gc;
 mod schema;
 mod store;
 pub mod testsuite;
 
 pub use events::{Delivery, EndpointStatus, Event, EventFilter, NewEvent};
+pub use gc::{BlobCandidate, LinkCandidate};
 pub use store::{
-    MetaStore, NewManifest, Referrer, RepoUsage, StorageTotals, StoredManifest, TagPage, UploadSession, UploadUpdate,
+    Dedup, MetaStore, NewManifest, Referrer, RepoUsage, StorageTotals, StoredManifest, TagPage, UploadSession, UploadUpdate,
 };
 
 /// Why a metadata operation failed.
@@ -34,6 +36,10 @@ pub enum MetaError {
     /// The database could not be reached or answered with an error.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A garbage collection deleted this blob while a push was storing its own copy; the
+    /// push must be retried (its bytes may be gone).
+    #[error("blob {0} was garbage collected during the push")]
+    Collected(String),
     /// The database holds something this version cannot read.
     #[error("corrupt metadata: {0}")]
     Corrupt(String),

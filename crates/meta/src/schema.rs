@@ -116,6 +116,24 @@ CREATE TABLE webhook_leases (
     last_error TEXT,
     last_success_at BIGINT
 );
+", r"
+-- Garbage collection. A link's used_at is when it was last created or mounted: an unreferenced
+-- link is collected once it is older than the grace period.
+ALTER TABLE repository_blobs ADD COLUMN used_at BIGINT NOT NULL DEFAULT 0;
+UPDATE repository_blobs SET used_at = created_at;
+CREATE INDEX repository_blobs_used ON repository_blobs (used_at);
+-- When a blob lost a link (its grace period counts from the last one).
+ALTER TABLE blobs ADD COLUMN released_at BIGINT;
+-- Blobs collected, newest last. A push that stored its own copy of a blob just before a
+-- collection deleted it finds a tombstone newer than the mark it read and fails cleanly,
+-- instead of recording a blob whose bytes are gone.
+CREATE TABLE blob_tombstones (
+    id {ID},
+    digest TEXT NOT NULL,
+    deleted_at BIGINT NOT NULL
+);
+CREATE INDEX blob_tombstones_digest ON blob_tombstones (digest, id);
+CREATE INDEX blob_tombstones_deleted ON blob_tombstones (deleted_at);
 "];
 
 /// The statements of migration `index` for `dialect`.

@@ -22,7 +22,17 @@ pub struct MetaStore {
     /// (SQLite allows one writer at a time anyway, and waiting in the pool is cheaper and fairer
     /// than retrying `SQLITE_BUSY`). For PostgreSQL it is the same pool as `read`.
     pub(crate) write: AnyPool,
-    dialect: Dialect,
+    pub(crate) dialect: Dialect,
+}
+
+/// What [`MetaStore::link_existing`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dedup {
+    /// The blob was recorded: it is now linked to the repository too (size as recorded).
+    Linked(u64),
+    /// Not recorded (or not in the `from` repository). `mark` is the newest garbage collection
+    /// tombstone at that moment, for [`MetaStore::link_new`].
+    Absent { mark: i64 },
 }
 
 /// A manifest as stored.
@@ -113,7 +123,7 @@ pub struct TagPage {
     pub more: bool,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     ms(SystemTime::now())
 }
 
@@ -133,7 +143,7 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn to_u64(row: &AnyRow, col: &str) -> Result<u64> {
+pub(crate) fn to_u64(row: &AnyRow, col: &str) -> Result<u64> {
     let n: i64 = row.try_get(col)?;
     u64::try_from(n).map_err(|_| MetaError::Corrupt(format!("{col} is negative")))
 }
@@ -252,24 +262,96 @@ impl MetaStore {
         row.map(|r| to_u64(&r, "size")).transpose()
     }
 
+    /// Row-lock clauses: PostgreSQL takes row locks where garbage collection and writers meet;
+    /// SQLite needs none (one write connection runs one transaction at a time).
+    pub(crate) fn for_share(&self) -> &'static str {
+        if self.dialect == Dialect::Postgres { " FOR SHARE" } else { "" }
+    }
+
+    pub(crate) fn for_update(&self) -> &'static str {
+        if self.dialect == Dialect::Postgres { " FOR UPDATE" } else { "" }
+    }
+
     /// Record a stored blob and link it to `repo`, creating the repository if needed. When an
-    /// upload session is given it is removed in the same transaction.
+    /// upload session is given it is removed in the same transaction. (No collection check:
+    /// for callers that know no collection runs; pushes use [`MetaStore::link_existing`] and
+    /// [`MetaStore::link_new`].)
     pub async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64, finished_upload: Option<&UploadId>, events: &[NewEvent]) -> Result<()> {
+        self.link_new(repo, digest, size, None, finished_upload, events).await
+    }
+
+    /// Link `digest` to `repo` if the blob is recorded (and, with `from`, linked there): the
+    /// deduplicating commit of a push, and a mount. The blob's row is share-locked, so a
+    /// concurrent collection of it either finishes first (then `Absent`) or waits and then sees
+    /// the new link. `size`, when given, must match the recorded size. An upload session given
+    /// is removed in the same transaction when the blob is linked.
+    pub async fn link_existing(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+        size: Option<u64>,
+        finished_upload: Option<&UploadId>,
+        events: &[NewEvent],
+    ) -> Result<Dedup> {
+        let mut tx = self.write.begin().await?;
+        let absent = |mark| Ok(Dedup::Absent { mark });
+        if let Some(from) = from {
+            let q = format!(
+                "SELECT 1 AS x FROM repository_blobs WHERE digest = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1){}",
+                self.for_share()
+            );
+            if sqlx::query(AssertSqlSafe(q)).bind(from.as_str()).bind(digest.as_str()).fetch_optional(&mut *tx).await?.is_none() {
+                return absent(Self::tombstone_mark(&mut tx).await?);
+            }
+        }
+        let q = format!("SELECT size FROM blobs WHERE digest = $1{}", self.for_share());
+        let Some(row) = sqlx::query(AssertSqlSafe(q)).bind(digest.as_str()).fetch_optional(&mut *tx).await? else {
+            return absent(Self::tombstone_mark(&mut tx).await?);
+        };
+        let recorded = to_u64(&row, "size")?;
+        if let Some(size) = size
+            && size != recorded
+        {
+            return Err(MetaError::Corrupt(format!("{digest} recorded with size {recorded}, uploaded with {size}")));
+        }
+        let repo_id = Self::ensure_repo(&mut tx, repo).await?;
+        Self::upsert_link(&mut tx, repo_id, digest).await?;
+        if let Some(id) = finished_upload {
+            sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        }
+        let events: Vec<NewEvent> = events.iter().map(|e| NewEvent { size: Some(recorded), ..e.clone() }).collect();
+        insert_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(Dedup::Linked(recorded))
+    }
+
+    /// Record a blob whose bytes the caller has just stored, and link it to `repo`. With
+    /// `mark` (from [`Dedup::Absent`], read before the bytes were stored), fails with
+    /// [`MetaError::Collected`] if a garbage collection deleted this digest since: its storage
+    /// delete may have removed the bytes just stored, so recording them would be a lie.
+    pub async fn link_new(&self, repo: &RepoName, digest: &Digest, size: u64, mark: Option<i64>, finished_upload: Option<&UploadId>, events: &[NewEvent]) -> Result<()> {
         let mut tx = self.write.begin().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
-        let now = now_ms();
         sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(digest.as_str())
             .bind(to_i64(size))
-            .bind(now)
+            .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(repo_id)
-            .bind(digest.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        if let Some(mark) = mark {
+            // After the insert: a collection holding the row lock has committed (or not begun).
+            let collected = sqlx::query("SELECT 1 AS x FROM blob_tombstones WHERE digest = $1 AND id > $2")
+                .bind(digest.as_str())
+                .bind(mark)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if collected {
+                return Err(MetaError::Collected(digest.to_string()));
+            }
+        }
+        Self::upsert_link(&mut tx, repo_id, digest).await?;
         if let Some(id) = finished_upload {
             sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
         }
@@ -278,17 +360,34 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Create the link, or mark an existing one used now (which restarts its grace period).
+    async fn upsert_link(tx: &mut Tx, repo_id: i64, digest: &Digest) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO repository_blobs (repository_id, digest, created_at, used_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (repository_id, digest) DO UPDATE SET used_at = excluded.used_at",
+        )
+        .bind(repo_id)
+        .bind(digest.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest tombstone's id (0 when there is none).
+    async fn tombstone_mark(tx: &mut Tx) -> Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS m FROM blob_tombstones").fetch_one(&mut **tx).await?;
+        Ok(row.try_get("m")?)
+    }
+
     /// Link a blob some repository already holds to `repo` (a cross-repository mount).
     /// Returns its size, or `None` if the blob is not known (or not in `from`, when given).
     pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>, events: &[NewEvent]) -> Result<Option<u64>> {
-        let size = match from {
-            Some(from) => self.blob_in_repo(from, digest).await?,
-            None => self.blob_anywhere(digest).await?,
-        };
-        let Some(size) = size else { return Ok(None) };
-        let events: Vec<NewEvent> = events.iter().map(|e| NewEvent { size: Some(size), ..e.clone() }).collect();
-        self.link_blob(repo, digest, size, None, &events).await?;
-        Ok(Some(size))
+        match self.link_existing(repo, digest, from, None, None, events).await? {
+            Dedup::Linked(size) => Ok(Some(size)),
+            Dedup::Absent { .. } => Ok(None),
+        }
     }
 
     /// Remove the link between `repo` and `digest`. Returns whether there was one.
@@ -301,6 +400,8 @@ impl MetaStore {
             .await?;
         let found = r.rows_affected() > 0;
         if found {
+            // The blob's grace period (should this have been its last link) starts now.
+            sqlx::query("UPDATE blobs SET released_at = $2 WHERE digest = $1").bind(digest.as_str()).bind(now_ms()).execute(&mut *tx).await?;
             insert_events(&mut tx, events).await?;
         }
         tx.commit().await?;
@@ -314,10 +415,13 @@ impl MetaStore {
     pub async fn put_manifest(&self, repo: &RepoName, m: &NewManifest<'_>, tags: &[Tag], events: &[NewEvent]) -> Result<()> {
         let mut tx = self.write.begin().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
-        if let Some(missing) = Self::first_missing(&mut tx, "repository_blobs", "digest", repo_id, &m.blobs).await? {
+        // Share-locked (PostgreSQL): a collection of one of these links waits for this
+        // transaction and then sees the manifest's reference, or finished first and the
+        // reference is reported missing (the client pushes the blob again).
+        if let Some(missing) = Self::first_missing(&mut tx, "repository_blobs", "digest", repo_id, &m.blobs, self.for_share()).await? {
             return Err(MetaError::MissingBlob(missing));
         }
-        if let Some(missing) = Self::first_missing(&mut tx, "manifests", "digest", repo_id, &m.children).await? {
+        if let Some(missing) = Self::first_missing(&mut tx, "manifests", "digest", repo_id, &m.children, "").await? {
             return Err(MetaError::MissingManifest(missing));
         }
         let now = now_ms();
@@ -363,7 +467,7 @@ impl MetaStore {
     }
 
     /// The first of `digests` with no row in `table` for the repository, in one query.
-    async fn first_missing(tx: &mut Tx, table: &'static str, column: &'static str, repo_id: i64, digests: &[&Digest]) -> Result<Option<String>> {
+    async fn first_missing(tx: &mut Tx, table: &'static str, column: &'static str, repo_id: i64, digests: &[&Digest], lock: &'static str) -> Result<Option<String>> {
         let mut wanted: Vec<&str> = digests.iter().map(|d| d.as_str()).collect();
         wanted.sort_unstable();
         wanted.dedup();
@@ -372,7 +476,7 @@ impl MetaStore {
         }
         // Only numbered placeholders are generated into the text; every value is bound.
         let placeholders: Vec<String> = (0..wanted.len()).map(|i| format!("${}", i + 2)).collect();
-        let sql = format!("SELECT {column} AS d FROM {table} WHERE repository_id = $1 AND {column} IN ({})", placeholders.join(", "));
+        let sql = format!("SELECT {column} AS d FROM {table} WHERE repository_id = $1 AND {column} IN ({}) ORDER BY {column}{lock}", placeholders.join(", "));
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(repo_id);
         for d in &wanted {
             q = q.bind(*d);
@@ -446,6 +550,17 @@ impl MetaStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // The links this manifest kept alive start their grace period now (a client that
+        // deletes an image and pushes it again finds its layers still there).
+        sqlx::query(
+            "UPDATE repository_blobs SET used_at = $3 WHERE repository_id = $1 AND digest IN \
+             (SELECT blob_digest FROM manifest_blobs WHERE repository_id = $1 AND manifest_digest = $2)",
+        )
+        .bind(repo_id)
+        .bind(digest.as_str())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
         for stmt in [
             "DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2",
             "DELETE FROM manifest_blobs WHERE repository_id = $1 AND manifest_digest = $2",

@@ -216,3 +216,85 @@ pub async fn run(m: &MetaStore) {
     assert_eq!(m.storage_totals(0).await.expect("totals").per_repo.len(), 0);
     m.ping().await.expect("ping");
 }
+
+/// Garbage collection's queries and the locks-and-tombstones protocol (see `meta::gc`), on a
+/// fresh database. Cutoffs in the future make everything "old" without waiting.
+pub async fn run_gc(m: &MetaStore) {
+    use crate::Dedup;
+    let app = repo("gc/app");
+    let other = repo("gc/other");
+    let (keep, shared, orphan, cfg) = (Digest::sha256_of(b"keep"), Digest::sha256_of(b"shared"), Digest::sha256_of(b"orphan"), Digest::sha256_of(b"cfg"));
+    for d in [&keep, &shared, &orphan, &cfg] {
+        m.link_blob(&app, d, 10, None, &[]).await.expect("link");
+    }
+    assert_eq!(m.mount_blob(&other, &shared, Some(&app), &[]).await.expect("mount"), Some(10));
+    let body = br#"{"schemaVersion":2}"#;
+    let digest = Digest::sha256_of(body);
+    let nm = NewManifest { digest: &digest, media_type: oci::media::OCI_MANIFEST, content: body, artifact_type: None, subject: None, annotations: None, blobs: vec![&cfg, &keep, &shared], children: vec![] };
+    m.put_manifest(&app, &nm, &[tag("v1")], &[]).await.expect("manifest");
+    let now = crate::events::now_ms();
+    let (past, future) = (now - 60_000, now + 60_000);
+
+    // Recent links are never candidates; old unreferenced ones are.
+    assert!(m.gc_link_candidates(past, None, 100).await.expect("q").is_empty());
+    let links = m.gc_link_candidates(future, None, 100).await.expect("q");
+    let mut found: Vec<(String, String)> = links.iter().map(|c| (c.repository.clone(), c.digest.clone())).collect();
+    found.sort();
+    assert_eq!(found, [("gc/app".to_owned(), orphan.to_string()), ("gc/other".to_owned(), shared.to_string())]);
+    // Paged: one at a time gives the same two.
+    let first = m.gc_link_candidates(future, None, 1).await.expect("q");
+    let second = m.gc_link_candidates(future, first.last(), 1).await.expect("q");
+    assert_eq!(first.len() + second.len(), 2);
+    assert_ne!(first, second);
+    // The dry run sees through the links: only `orphan` would go (`shared` is referenced in app).
+    let dry = m.gc_dry_run(future, None, 100).await.expect("dry run");
+    assert_eq!(dry.iter().map(|b| &b.digest).collect::<Vec<_>>(), [&orphan]);
+    assert!(m.gc_dry_run(past, None, 100).await.expect("dry run").is_empty());
+
+    // Unlink both; a second attempt finds nothing; a recent cutoff refuses.
+    for c in &links {
+        assert!(!m.gc_unlink(c, past).await.expect("unlink"), "not older than a past cutoff");
+        assert!(m.gc_unlink(c, future).await.expect("unlink"));
+        assert!(!m.gc_unlink(c, future).await.expect("unlink twice"));
+    }
+    assert_eq!(m.blob_in_repo(&other, &shared).await.expect("q"), None);
+    assert_eq!(m.blob_in_repo(&app, &shared).await.expect("q"), Some(10), "still referenced in app");
+    let blobs = m.gc_blob_candidates(future, None, 100).await.expect("q");
+    assert_eq!(blobs.iter().map(|b| &b.digest).collect::<Vec<_>>(), [&orphan]);
+
+    // A push that finds the unlinked blob recorded links it again: it is no longer garbage.
+    assert_eq!(m.link_existing(&other, &orphan, None, Some(10), None, &[]).await.expect("dedup"), Dedup::Linked(10));
+    assert!(!m.gc_forget_blob(&orphan, future).await.expect("forget"), "linked again");
+    assert!(matches!(m.link_existing(&other, &orphan, None, Some(11), None, &[]).await, Err(MetaError::Corrupt(_))), "size mismatch");
+    let c = m.gc_link_candidates(future, None, 100).await.expect("q");
+    assert_eq!(c.len(), 1);
+    assert!(m.gc_unlink(&c[0], future).await.expect("unlink"));
+    assert!(m.gc_forget_blob(&orphan, future).await.expect("forget"));
+    assert!(!m.gc_forget_blob(&orphan, future).await.expect("forget twice"));
+    assert_eq!(m.blob_anywhere(&orphan).await.expect("q"), None);
+    assert!(matches!(m.link_existing(&other, &orphan, None, None, None, &[]).await.expect("dedup"), Dedup::Absent { .. }));
+
+    // The race: a push reads its mark, a collection of the same digest completes, then the push
+    // records its own copy: refused (its bytes may be gone). A push with a fresh mark succeeds.
+    let late = Digest::sha256_of(b"late");
+    let Dedup::Absent { mark } = m.link_existing(&app, &late, None, Some(4), None, &[]).await.expect("dedup") else { panic!("late is new") };
+    m.link_blob(&other, &late, 4, None, &[]).await.expect("someone else's push");
+    let c = m.gc_link_candidates(future, None, 100).await.expect("q");
+    assert!(m.gc_unlink(c.iter().find(|c| c.digest == late.as_str()).expect("late's link"), future).await.expect("unlink"));
+    assert!(m.gc_forget_blob(&late, future).await.expect("forget"));
+    assert!(matches!(m.link_new(&app, &late, 4, Some(mark), None, &[]).await, Err(MetaError::Collected(d)) if d == late.as_str()));
+    assert_eq!(m.blob_in_repo(&app, &late).await.expect("q"), None, "nothing recorded");
+    let Dedup::Absent { mark } = m.link_existing(&app, &late, None, Some(4), None, &[]).await.expect("dedup") else { panic!("late is gone") };
+    m.link_new(&app, &late, 4, Some(mark), None, &[]).await.expect("a push after the collection");
+    assert_eq!(m.blob_in_repo(&app, &late).await.expect("q"), Some(4));
+
+    // Deleting a manifest restarts the grace period of the links it kept alive.
+    assert!(m.delete_manifest(&app, &digest, &[]).await.expect("delete"));
+    let recent = m.gc_link_candidates(now - 1, None, 100).await.expect("q");
+    assert!(recent.iter().all(|c| !(c.repository == "gc/app" && [keep.as_str(), shared.as_str(), cfg.as_str()].contains(&c.digest.as_str()))), "{recent:?}");
+    let c = m.gc_link_candidates(future, None, 100).await.expect("q");
+    assert_eq!(c.iter().filter(|c| c.repository == "gc/app").count(), 4, "keep, shared, cfg and late");
+
+    // Old tombstones are pruned.
+    assert!(m.gc_prune_tombstones(future).await.expect("prune") >= 2);
+}

@@ -10,3 +10,10 @@ async fn sqlite_passes_the_metadata_suite() {
     let store = meta::MetaStore::open_sqlite(&dir.path().join("meta.db"), true).await.expect("reopen");
     assert_eq!(store.list_repositories(None, 10).await.expect("q").names, ["team/a", "team/b"]);
 }
+
+#[tokio::test]
+async fn sqlite_passes_the_gc_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = meta::MetaStore::open_sqlite(&dir.path().join("meta.db"), false).await.expect("open");
+    meta::testsuite::run_gc(&store).await;
+}

@@ -74,6 +74,8 @@ impl From<meta::MetaError> for Error {
         match e {
             meta::MetaError::MissingBlob(d) | meta::MetaError::MissingManifest(d) => Error::ManifestBlobUnknown(d),
             e if e.is_transient() => Error::Unavailable(e.to_string()),
+            // The push raced a garbage collection of the same blob: pushing again succeeds.
+            e @ meta::MetaError::Collected(_) => Error::Unavailable(e.to_string()),
             other => Error::Internal(other.to_string()),
         }
     }

@@ -12,6 +12,7 @@
 mod cache;
 mod error;
 pub mod events;
+mod gc;
 mod janitor;
 mod manifests;
 pub mod time;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use error::Error;
 pub use events::{AuditSink, EventsConfig, REQUEST, RequestContext, WebhookEndpoint, WebhookFormat};
+pub use gc::{GcProgress, GcReport};
 pub use janitor::Sweep;
 pub use manifests::{ManifestPut, Page, Referrers, MAX_PAGE};
 pub use uploads::once;
@@ -47,6 +49,10 @@ pub struct RegistryConfig {
     pub manifest_max_size: usize,
     /// Memory for cached manifests, in bytes (0 turns the cache off).
     pub manifest_cache_bytes: usize,
+    /// Blobs unused for longer than this are garbage (see `gc`).
+    pub gc_grace: Duration,
+    /// How often garbage is collected in the background (`None`: only on demand).
+    pub gc_interval: Option<Duration>,
     /// Answer whole-blob GETs with a redirect to a URL valid this long, when the storage
     /// driver can issue one (bytes then flow from object storage, not through the registry).
     pub blob_redirect: Option<Duration>,
@@ -61,6 +67,8 @@ impl Default for RegistryConfig {
             manifest_max_size: 4 << 20,
             manifest_cache_bytes: 16 << 20,
             blob_redirect: None,
+            gc_grace: Duration::from_secs(24 * 3600),
+            gc_interval: Some(Duration::from_secs(3600)),
         }
     }
 }

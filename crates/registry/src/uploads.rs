@@ -327,17 +327,21 @@ impl Registry {
     }
 
     /// Make the verified upload the blob `digest` and link it to `repo`.
+    ///
+    /// A blob already recorded (many clients push the same base layers) is linked under a
+    /// share lock and the upload discarded; otherwise the upload is committed in storage and
+    /// then recorded, unless a garbage collection deleted the digest in between (see
+    /// `meta::gc`): then the client is told to retry.
     async fn commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest, size: u64, driver_state: &[u8], has_session: bool) -> Result<()> {
-        match self.inner.meta.blob_anywhere(digest).await? {
-            // Stored already (many clients push the same base layers): keep the one copy.
-            Some(existing) if existing == size => self.discard(id, driver_state).await,
-            Some(existing) => {
-                return Err(Error::Internal(format!("{digest} recorded with size {existing}, uploaded with {size}")));
-            }
-            None => self.inner.blobs.commit_upload(id, size, driver_state, digest).await?,
-        }
         let events = [self.event(EventFacts { action: "push", repo, digest: Some(digest.to_string()), tag: None, media_type: Some(BLOB_MEDIA_TYPE.into()), size: Some(size), from: None })];
-        self.inner.meta.link_blob(repo, digest, size, has_session.then_some(id), &events).await?;
+        let session = has_session.then_some(id);
+        match self.inner.meta.link_existing(repo, digest, None, Some(size), session, &events).await? {
+            meta::Dedup::Linked(_) => self.discard(id, driver_state).await,
+            meta::Dedup::Absent { mark } => {
+                self.inner.blobs.commit_upload(id, size, driver_state, digest).await?;
+                self.inner.meta.link_new(repo, digest, size, Some(mark), session, &events).await?;
+            }
+        }
         self.committed(&events);
         Ok(())
     }

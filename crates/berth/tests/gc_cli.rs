@@ -1,0 +1,76 @@
+//! `berth gc` as a user runs it: next to a running server on the same data directory (the
+//! collection is online), first as a dry run, then for real.
+
+mod support;
+
+use std::process::Command;
+
+use support::{Server, request, sha256_digest};
+
+fn gc(data_dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.arg("gc").arg("--data-dir").arg(data_dir).args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("BERTH_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().expect("run berth gc");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn berth_gc_collects_next_to_a_running_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, None, &dir.path().join("server.log"));
+    let push = |bytes: &[u8]| {
+        let d = sha256_digest(bytes);
+        let r = request(server.addr, "POST", &format!("/v2/app/blobs/uploads/?digest={d}"), &[], bytes).expect("push");
+        assert_eq!(r.status, 201, "{}", r.describe());
+        d
+    };
+    let stray = push(b"nobody references this");
+    let config = push(br#"{"architecture":"amd64","os":"linux"}"#);
+    let layer = push(b"a layer in use");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":37}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":14}}]}}"#
+    );
+    let r = request(server.addr, "PUT", "/v2/app/manifests/v1", &[("Content-Type", "application/vnd.oci.image.manifest.v1+json".into())], manifest.as_bytes()).expect("manifest");
+    assert_eq!(r.status, 201, "{}", r.describe());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+
+    let (ok, out, err) = gc(&data, &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted 0 blobs"), "within the default grace period nothing goes: {out}");
+    let (ok, out, err) = gc(&data, &["--dry-run", "--grace", "0s"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("would delete 1 blobs"), "{out}");
+    assert!(err.contains("dry run"), "{err}");
+    assert_eq!(request(server.addr, "GET", &format!("/v2/app/blobs/{stray}"), &[], b"").expect("get").status, 200, "a dry run deletes nothing");
+    let (ok, out, err) = gc(&data, &["--grace", "0s"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("removed 1 unused repository links; deleted 1 blobs"), "{out}");
+    // The running server no longer serves it; the image is whole.
+    assert_eq!(request(server.addr, "GET", &format!("/v2/app/blobs/{stray}"), &[], b"").expect("get").status, 404);
+    assert_eq!(request(server.addr, "GET", &format!("/v2/app/blobs/{layer}"), &[], b"").expect("get").body, b"a layer in use");
+    assert_eq!(request(server.addr, "GET", "/v2/app/manifests/v1", &[("Accept", "application/vnd.oci.image.manifest.v1+json".into())], b"").expect("get").body, manifest.as_bytes());
+    let files: Vec<_> = walk(&data.join("blobs"));
+    assert!(!files.iter().any(|f| f.ends_with(stray.trim_start_matches("sha256:"))), "the bytes are gone from disk");
+    assert_eq!(files.len(), 2, "{files:?}");
+    let (ok, _, err) = gc(&data, &["--grace", "soon"]);
+    assert!(!ok && err.contains("soon"), "{err}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
