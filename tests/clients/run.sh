@@ -9,7 +9,8 @@
 #   tests/clients/run.sh --url 127.0.0.1:5000       # a registry that is already running
 #
 # Options:
-#   --only docker,podman,buildah,skopeo,containerd,oras   clients to run (default: all)
+#   --only docker,podman,buildah,skopeo,containerd,oras,gc   clients to run (default: all;
+#                            gc: berth's garbage collection under real clients, --target berth only)
 #   --step-timeout SECONDS   bound on every client command (default 120)
 #   --registry-log FILE      with --url: the registry's log, shown when a step fails
 #   --kill-during-push FILE  with --url to a load balancer: FILE lists the nodes behind it, one
@@ -27,7 +28,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
 
-ALL_CLIENTS=(docker podman buildah skopeo containerd oras)
+ALL_CLIENTS=(docker podman buildah skopeo containerd oras gc)
 TARGET=""
 BERTH_BIN=""
 URL=""
@@ -114,6 +115,7 @@ declare -A NEEDS=(
     [skopeo]="skopeo"
     [containerd]="containerd ctr"
     [oras]=""
+    [gc]="skopeo"
 )
 BASE_TOOLS=(curl jq python3 timeout sha256sum umoci skopeo zstd tar)
 
@@ -788,6 +790,87 @@ test_oras() {
     step "oras: referrers API with ?artifactType= filter" oras_referrers_filter
     step "oras: referrers API for a manifest without referrers" oras_referrers_none
     step "oras: referrers API after deleting a referrer" oras_referrers_delete
+}
+
+# ================================================================== gc (berth only)
+
+# Garbage collection while a real client pushes images that reuse old layers. The grace period
+# is short (GC_GRACE) so that the test does not wait a day, and long enough for a push's layers
+# to be referenced by its manifest before they are collectable.
+GC_GRACE=3
+berth_gc() { t "$BERTH_BIN" gc --data-dir "$WORK/berth-data" --grace "${GC_GRACE}s" "$@"; }
+blob_file() { local d=${1#sha256:}; echo "$WORK/berth-data/blobs/sha256/${d:0:2}/$d"; }
+
+gc_fill() {
+    sk copy --preserve-digests --dest-tls-verify=false "oci:$L:amd64-gz" "docker://$REG/$NS/gc/app:v1"
+    # Overwrite the tag: the first image is untagged, and kept with its layers.
+    sk copy --preserve-digests --dest-tls-verify=false "oci:$L:v2-gz" "docker://$REG/$NS/gc/app:v1"
+    # An image pushed and deleted, and a blob no manifest ever references: garbage after the grace period.
+    sk copy --preserve-digests --dest-tls-verify=false "oci:$L:amd64" "docker://$REG/$NS/gc/tmp:x"
+    sk delete --tls-verify=false "docker://$REG/$NS/gc/tmp:x"
+    head -c 100000 /dev/urandom >"$WORK/gc-stray.bin"
+    local d
+    d=$(sha256_of "$WORK/gc-stray.bin")
+    t curl -fsS -X POST --data-binary "@$WORK/gc-stray.bin" -H 'Content-Type: application/octet-stream' \
+        "http://$REG/v2/$NS/gc/tmp/blobs/uploads/?digest=$d"
+    echo "$d" >"$WORK/gc-stray.digest"
+    [ -f "$(blob_file "$d")" ]
+}
+
+gc_while_pushing() {
+    sleep $((GC_GRACE + 1))
+    # Collections back to back while skopeo pushes images whose layers are those of the
+    # deleted and the untagged images.
+    (
+        set +e
+        while [ ! -f "$WORK/gc-stop" ]; do
+            "$BERTH_BIN" gc --data-dir "$WORK/berth-data" --grace "${GC_GRACE}s" >>"$WORK/gc-loop.out" 2>>"$WORK/gc-loop.err" || echo "FAILED" >>"$WORK/gc-loop.out"
+            sleep 0.2
+        done
+    ) &
+    local loop=$! i
+    for i in 1 2 3; do
+        sk copy --preserve-digests --dest-tls-verify=false "oci:$L:amd64" "docker://$REG/$NS/gc/reuse:r$i"
+        sk copy --preserve-digests --dest-tls-verify=false "oci:$L:amd64-gz" "docker://$REG/$NS/gc/reuse:g$i"
+    done
+    touch "$WORK/gc-stop"
+    wait "$loop"
+    cat "$WORK/gc-loop.out"
+    ! grep -q FAILED "$WORK/gc-loop.out" || { cat "$WORK/gc-loop.err"; return 1; }
+    grep -Eq "deleted [1-9][0-9]* blobs" "$WORK/gc-loop.out" || { echo "no collection deleted anything"; return 1; }
+}
+
+gc_verify() {
+    sleep $((GC_GRACE + 1))
+    berth_gc | tee "$WORK/gc-final.out"
+    berth_gc --dry-run | tee "$WORK/gc-dry.out"
+    assert_grep "$WORK/gc-dry.out" "would delete 0 blobs" "nothing unreferenced past the grace period remains"
+    [ ! -f "$(blob_file "$(cat "$WORK/gc-stray.digest")")" ] || { echo "the stray blob's file is still on disk"; return 1; }
+    local i
+    for i in 1 2 3; do
+        ocitool same-content "reg:$REG/$NS/gc/reuse:r$i" "oci:$L:amd64"
+        ocitool same-content "reg:$REG/$NS/gc/reuse:g$i" "oci:$L:amd64-gz"
+    done
+    ocitool same-content "reg:$REG/$NS/gc/app:v1" "oci:$L:v2-gz"
+    # What the other clients pushed earlier and did not delete is whole too.
+    if curl -fs -o /dev/null "http://$REG/v2/$NS/skopeo/multi/manifests/v1"; then
+        ocitool identical "reg:$REG/$NS/skopeo/multi:v1" "oci:$L:multi"
+    fi
+    if curl -fs -o /dev/null "http://$REG/v2/$NS/docker/a/manifests/v1"; then
+        ocitool same-content "reg:$REG/$NS/docker/a:v1" "oci:$L:v2-gz"
+    fi
+}
+
+test_gc() {
+    if [ "$TARGET" != berth ]; then
+        say "gc: runs only with --target berth (it drives berth gc on the server's data directory)"
+        return 0
+    fi
+    SKR=$REG/$NS/skopeo/multi
+    step "gc: fill (overwritten tag, deleted image, stray blob)" gc_fill
+    [ "$STEP_OK" = 1 ] || { skip_rest gc "fill failed"; return 0; }
+    step "gc: collections back to back while skopeo pushes images reusing old layers" gc_while_pushing
+    step "gc: nothing unreferenced remains; every image pulls byte for byte" gc_verify
 }
 
 # ================================================================== main

@@ -54,8 +54,13 @@ pub struct BenchArgs {
     /// Mounts to perform.
     #[arg(long, default_value_t = 2000)]
     mounts: usize,
+    /// Blobs for `gc-fill` (half referenced by manifests, half garbage).
+    #[arg(long, default_value_t = 100_000)]
+    gc_blobs: usize,
     /// Run only these workloads (comma separated): push-small, push-large, push-chunked, pull,
-    /// catalog, mount, manifest-get, blob-head.
+    /// catalog, mount, manifest-get, blob-head; and gc-fill (not run by default: fills the
+    /// registry with `--gc-blobs` small blobs, half of them referenced by manifests of 100
+    /// layers, half garbage, for a garbage collection benchmark).
     #[arg(long)]
     only: Option<String>,
 }
@@ -210,6 +215,24 @@ impl Bench {
         Ok(body)
     }
 
+    /// Push a blob in two requests: POST, then PUT with the body (no existence check).
+    async fn push_blob_put(&self, repo: &str, data: Bytes) -> anyhow::Result<Digest> {
+        let d = Digest::sha256_of(&data);
+        let (st, h, _) = self.send(Method::POST, &format!("/v2/{repo}/blobs/uploads/"), &[], empty()).await?;
+        if st != StatusCode::ACCEPTED {
+            bail!("POST upload: {st}");
+        }
+        let loc = Self::location(&h)?;
+        let len = data.len().to_string();
+        let (st, _, body) = self
+            .send(Method::PUT, &Self::with_query(&loc, &format!("digest={d}")), &[("content-type", "application/octet-stream"), ("content-length", &len)], full(data))
+            .await?;
+        if st != StatusCode::CREATED {
+            bail!("PUT upload: {st} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(d)
+    }
+
     async fn push_small_image(&self, repo: &str, tag: &str, seed: u64) -> anyhow::Result<()> {
         let config = Bytes::from(format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#));
         let cd = self.push_blob_docker(repo, config.clone()).await?;
@@ -338,6 +361,42 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             print_outcome(&o);
             results.push(o);
         }};
+    }
+
+    if args.only.as_deref().is_some_and(|o| o.split(',').any(|w| w.trim() == "gc-fill")) {
+        // 100 repositories; in each, live images of 100 layers and as many garbage blobs.
+        let n = args.gc_blobs / 2;
+        let images = n.div_ceil(100);
+        let bb = b.clone();
+        measure!("gc fill: live blobs", "blobs/s", 0, {
+            let (wall, lat) = timed(16, images, move |i| {
+                let bb = bb.clone();
+                async move {
+                    let repo = format!("bench-{run_id:x}/gc/r{:02}", i % 100);
+                    let mut layers = Vec::with_capacity(100);
+                    for l in 0..100usize {
+                        let data = Bytes::from(format!("live {run_id} {i} {l}"));
+                        let len = data.len();
+                        layers.push((bb.push_blob_put(&repo, data).await?, len));
+                    }
+                    let config = Bytes::from(format!(r#"{{"architecture":"amd64","os":"linux","image":{i}}}"#));
+                    let cd = bb.push_blob_put(&repo, config.clone()).await?;
+                    bb.push_manifest(&repo, &format!("i{i}"), (&cd, config.len()), &layers).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            (wall, lat, (images * 101) as f64 / wall.as_secs_f64())
+        });
+        let bb = b.clone();
+        measure!("gc fill: garbage blobs", "blobs/s", 0, {
+            let (wall, lat) = timed(16, n, move |i| {
+                let bb = bb.clone();
+                async move { bb.push_blob_put(&format!("bench-{run_id:x}/gc/r{:02}", i % 100), Bytes::from(format!("garbage {run_id} {i}"))).await.map(|_| ()) }
+            })
+            .await?;
+            (wall, lat, n as f64 / wall.as_secs_f64())
+        });
     }
 
     if wanted("push-small") {

@@ -44,6 +44,33 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub gc: RawGc,
+    #[serde(default)]
+    pub policies: RawPolicies,
+}
+
+/// Immutable tags and quotas (parsed into `registry::Policies` by [`resolve_policies`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicies {
+    #[serde(default)]
+    pub immutable_tags: Vec<RawImmutableRule>,
+    #[serde(default)]
+    pub quotas: Vec<RawQuota>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImmutableRule {
+    pub repositories: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    pub namespace: Option<String>,
+    pub limit: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -479,6 +506,7 @@ impl RawConfig {
             }
             Some(other) => return Err(err("storage.driver", format!("{other:?} must be filesystem or s3"))),
         };
+        let policies = resolve_policies(self.policies)?;
         let gc_grace = duration("gc.grace", self.gc.grace, defaults.gc_grace)?;
         // A push links each layer when it arrives and references it when its manifest does,
         // which for a large image can be many minutes later: a short grace period would make
@@ -619,6 +647,7 @@ impl RawConfig {
                 janitor_interval,
                 manifest_max_size: usize::try_from(manifest_max_size).unwrap_or(usize::MAX),
                 manifest_cache_bytes: usize::try_from(cache).unwrap_or(usize::MAX),
+                policies,
             },
             log_level,
             log_format,
@@ -626,6 +655,34 @@ impl RawConfig {
             metrics,
         })
     }
+}
+
+/// Parse the policy rules, naming the key path of the first bad one.
+fn resolve_policies(raw: RawPolicies) -> Result<registry::Policies, ConfigError> {
+    let mut immutable_tags = Vec::new();
+    for (i, r) in raw.immutable_tags.into_iter().enumerate() {
+        let at = |k: &str| format!("policies.immutable_tags[{i}].{k}");
+        let text = r.repositories.ok_or_else(|| err(&at("repositories"), "every rule needs a repository pattern (\"**\" for all)"))?;
+        let repositories = text.parse().map_err(|e: oci::PatternError| err(&at("repositories"), e.to_string()))?;
+        if r.tags.is_empty() {
+            return Err(err(&at("tags"), "every rule needs at least one tag pattern"));
+        }
+        let tags = r.tags.iter().enumerate().map(|(j, t)| t.parse().map_err(|e: oci::PatternError| err(&at(&format!("tags[{j}]")), e.to_string()))).collect::<Result<_, _>>()?;
+        immutable_tags.push(registry::ImmutableRule { repositories, tags });
+    }
+    let mut quotas: Vec<meta::Quota> = Vec::new();
+    for (i, q) in raw.quotas.into_iter().enumerate() {
+        let at = |k: &str| format!("policies.quotas[{i}].{k}");
+        let text = q.namespace.ok_or_else(|| err(&at("namespace"), "every quota needs a namespace (a repository pattern like team-a/**)"))?;
+        let namespace: oci::RepoPattern = text.parse().map_err(|e: oci::PatternError| err(&at("namespace"), e.to_string()))?;
+        if quotas.iter().any(|x| x.namespace == namespace) {
+            return Err(err(&at("namespace"), format!("{namespace} has a quota already")));
+        }
+        let limit = q.limit.ok_or_else(|| err(&at("limit"), "every quota needs a limit (a size like 10GiB)"))?;
+        let limit = parse_size(&limit).filter(|n| *n > 0).ok_or_else(|| err(&at("limit"), format!("{limit} is not a size above zero like 10GiB or 500MB")))?;
+        quotas.push(meta::Quota { namespace, limit });
+    }
+    Ok(registry::Policies { immutable_tags, quotas })
 }
 
 /// Command-line overrides, applied last.
@@ -741,6 +798,49 @@ mod tests {
         assert_eq!(e.path, "gc.grace");
         let e = RawConfig::from_tree(tree("gc: {every: 1h}")).unwrap_err();
         assert_eq!(e.path, "gc.every");
+    }
+
+    #[test]
+    fn policy_settings() {
+        let c = RawConfig::from_tree(tree(
+            "policies:\n  immutable_tags:\n    - repositories: prod/**\n      tags: [\"v*\", release-*]\n  quotas:\n    - {namespace: team-a/**, limit: 10GiB}\n    - {namespace: lib, limit: 1000}\n",
+        ))
+        .unwrap()
+        .resolve()
+        .unwrap();
+        let p = &c.registry.policies;
+        assert_eq!(p.immutable_tags.len(), 1);
+        assert_eq!(p.immutable_tags[0].repositories.as_str(), "prod/**");
+        assert_eq!(p.immutable_tags[0].tags.iter().map(oci::TagPattern::as_str).collect::<Vec<_>>(), ["v*", "release-*"]);
+        assert_eq!(p.quotas.iter().map(|q| (q.namespace.as_str(), q.limit)).collect::<Vec<_>>(), [("team-a/**", 10 << 30), ("lib", 1000)]);
+        assert!(RawConfig::from_tree(tree("{}")).unwrap().resolve().unwrap().registry.policies.quotas.is_empty());
+        // Unknown keys, bad patterns and bad limits are named by their key path.
+        for (yaml, path) in [
+            ("policies: {immutable: []}", "policies.immutable"),
+            ("policies: {immutable_tags: [{repositories: a, tag: [x]}]}", "policies.immutable_tags[0].tag"),
+            ("policies: {quotas: [{namespace: a, limit: 1GiB, soft: true}]}", "policies.quotas[0].soft"),
+        ] {
+            assert_eq!(RawConfig::from_tree(tree(yaml)).unwrap_err().path, path, "{yaml}");
+        }
+        for (yaml, path, says) in [
+            ("policies: {immutable_tags: [{repositories: Prod/**, tags: [v*]}]}", "policies.immutable_tags[0].repositories", "'P'"),
+            ("policies: {immutable_tags: [{repositories: prod/**, tags: [v*, \"a/b\"]}]}", "policies.immutable_tags[0].tags[1]", "'/'"),
+            ("policies: {immutable_tags: [{repositories: prod/**}]}", "policies.immutable_tags[0].tags", "at least one"),
+            ("policies: {immutable_tags: [{tags: [v*]}]}", "policies.immutable_tags[0].repositories", "pattern"),
+            ("policies: {quotas: [{namespace: team/a**, limit: 1GiB}]}", "policies.quotas[0].namespace", "whole path segment"),
+            ("policies: {quotas: [{namespace: a, limit: 1GiB}, {namespace: a, limit: 2GiB}]}", "policies.quotas[1].namespace", "already"),
+            ("policies: {quotas: [{namespace: a, limit: lots}]}", "policies.quotas[0].limit", "lots"),
+            ("policies: {quotas: [{namespace: a, limit: 0}]}", "policies.quotas[0].limit", "above zero"),
+            ("policies: {quotas: [{namespace: a}]}", "policies.quotas[0].limit", "needs a limit"),
+        ] {
+            let e = RawConfig::from_tree(tree(yaml)).unwrap().resolve().unwrap_err();
+            assert_eq!(e.path, path, "{yaml}: {e}");
+            assert!(e.message.contains(says), "{yaml}: {e}");
+        }
+        // A list can come from one environment variable, as YAML.
+        let mut t = tree("{}");
+        apply_env(&mut t, [("BERTH_POLICIES__QUOTAS".to_string(), "[{namespace: \"ci/**\", limit: 5GiB}]".to_string())]).unwrap();
+        assert_eq!(RawConfig::from_tree(t).unwrap().resolve().unwrap().registry.policies.quotas[0].limit, 5 << 30);
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod bench;
 mod config;
 mod import;
 mod migrate;
+mod usage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,6 +67,8 @@ enum Command {
         #[arg(long, value_parser = parse_duration_arg)]
         grace: Option<std::time::Duration>,
     },
+    /// Show the storage each quota's namespace and each repository uses, largest first.
+    Usage(usage::UsageArgs),
     /// Copy every blob, manifest and tag of one deployment into another (offline, resumable).
     Migrate(migrate::MigrateArgs),
     /// Load another registry's storage into berth (offline, resumable).
@@ -161,6 +164,7 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Usage(args) => usage::main(&args),
         Command::Migrate(args) => migrate::main(args),
         Command::Import { command } => import::main(command),
     }

@@ -11,12 +11,15 @@
 
 pub(crate) mod events;
 mod gc;
+mod quota;
 mod schema;
 mod store;
 pub mod testsuite;
+pub mod testsuite_policy;
 
 pub use events::{Delivery, EndpointStatus, Event, EventFilter, NewEvent};
 pub use gc::{BlobCandidate, LinkCandidate};
+pub use quota::{COUNTER_MAX_AGE_MS, NamespaceUsage, Quota};
 pub use store::{
     Dedup, MetaStore, NewManifest, Referrer, RepoUsage, StorageTotals, StoredManifest, TagPage, UploadSession, UploadUpdate,
 };
@@ -40,6 +43,13 @@ pub enum MetaError {
     /// push must be retried (its bytes may be gone).
     #[error("blob {0} was garbage collected during the push")]
     Collected(String),
+    /// A tag that policy makes immutable would be moved to another manifest or deleted.
+    #[error("tag {0} is immutable")]
+    ImmutableTag(String),
+    /// Linking a blob would take a namespace over its quota (sizes in bytes; `needed` is what
+    /// the blob would add).
+    #[error("quota exceeded for {namespace}: limit {limit} bytes, {used} used, {needed} needed")]
+    QuotaExceeded { namespace: String, limit: u64, used: u64, needed: u64 },
     /// The database holds something this version cannot read.
     #[error("corrupt metadata: {0}")]
     Corrupt(String),

@@ -134,6 +134,15 @@ CREATE TABLE blob_tombstones (
 );
 CREATE INDEX blob_tombstones_digest ON blob_tombstones (digest, id);
 CREATE INDEX blob_tombstones_deleted ON blob_tombstones (deleted_at);
+", r"
+-- Quotas (see meta::quota). Per namespace (a repository pattern from the configuration): an
+-- upper bound of the distinct blob bytes its repositories link, raised under this row's lock
+-- by every link into the namespace, and when it was last counted exactly.
+CREATE TABLE quota_usage (
+    namespace TEXT PRIMARY KEY,
+    bytes BIGINT NOT NULL,
+    computed_at BIGINT NOT NULL
+);
 "];
 
 /// The statements of migration `index` for `dialect`.

@@ -23,6 +23,9 @@ pub struct MetaStore {
     /// than retrying `SQLITE_BUSY`). For PostgreSQL it is the same pool as `read`.
     pub(crate) write: AnyPool,
     pub(crate) dialect: Dialect,
+    /// Quotas every link of a blob is charged against (see `meta::quota`); none unless
+    /// [`MetaStore::with_quotas`] set them.
+    pub(crate) quotas: std::sync::Arc<[crate::Quota]>,
 }
 
 /// What [`MetaStore::link_existing`] found.
@@ -158,7 +161,7 @@ impl MetaStore {
         let sync = if synchronous_full { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
         let setup = |read_only: bool| sqlite_setup(read_only, sync);
         let write = AnyPoolOptions::new().max_connections(1).min_connections(1).after_connect(setup(false)).connect(&url).await?;
-        let store = MetaStore { read: write.clone(), write, dialect: Dialect::Sqlite };
+        let store = MetaStore { read: write.clone(), write, dialect: Dialect::Sqlite, quotas: std::sync::Arc::new([]) };
         store.migrate().await?;
         let read = AnyPoolOptions::new().max_connections(8).after_connect(setup(true)).connect(&url).await?;
         Ok(MetaStore { read, ..store })
@@ -168,7 +171,7 @@ impl MetaStore {
     pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<MetaStore> {
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new().max_connections(max_connections).connect(url).await?;
-        let store = MetaStore { read: pool.clone(), write: pool, dialect: Dialect::Postgres };
+        let store = MetaStore { read: pool.clone(), write: pool, dialect: Dialect::Postgres, quotas: std::sync::Arc::new([]) };
         store.migrate().await?;
         Ok(store)
     }
@@ -316,6 +319,7 @@ impl MetaStore {
             return Err(MetaError::Corrupt(format!("{digest} recorded with size {recorded}, uploaded with {size}")));
         }
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
+        self.charge_quotas(&mut tx, repo, digest, recorded).await?;
         Self::upsert_link(&mut tx, repo_id, digest).await?;
         if let Some(id) = finished_upload {
             sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
@@ -351,6 +355,7 @@ impl MetaStore {
                 return Err(MetaError::Collected(digest.to_string()));
             }
         }
+        self.charge_quotas(&mut tx, repo, digest, size).await?;
         Self::upsert_link(&mut tx, repo_id, digest).await?;
         if let Some(id) = finished_upload {
             sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
@@ -413,6 +418,14 @@ impl MetaStore {
     /// Record a manifest in `repo` and point `tags` at it, in one transaction. Fails with
     /// `MissingBlob`/`MissingManifest` (and changes nothing) when a reference is absent.
     pub async fn put_manifest(&self, repo: &RepoName, m: &NewManifest<'_>, tags: &[Tag], events: &[NewEvent]) -> Result<()> {
+        self.put_manifest_guarded(repo, m, tags, &[], events).await
+    }
+
+    /// [`MetaStore::put_manifest`], where the tags in `immutable` may be created or re-pointed
+    /// at the manifest they already point at, but not moved: such a move fails with
+    /// [`MetaError::ImmutableTag`] and changes nothing. Decided by the tag upsert itself, so
+    /// two writers racing on a new immutable tag cannot both win.
+    pub async fn put_manifest_guarded(&self, repo: &RepoName, m: &NewManifest<'_>, tags: &[Tag], immutable: &[Tag], events: &[NewEvent]) -> Result<()> {
         let mut tx = self.write.begin().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
         // Share-locked (PostgreSQL): a collection of one of these links waits for this
@@ -450,16 +463,19 @@ impl MetaStore {
         tags.sort_unstable();
         tags.dedup();
         for tag in tags {
-            sqlx::query(
+            let guarded = immutable.contains(tag);
+            let upsert = if guarded {
+                // Updates (and so counts) only a row already pointing at this manifest.
                 "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (repository_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
-            )
-            .bind(repo_id)
-            .bind(tag.as_str())
-            .bind(m.digest.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+                 ON CONFLICT (repository_id, name) DO UPDATE SET updated_at = excluded.updated_at WHERE tags.manifest_digest = excluded.manifest_digest"
+            } else {
+                "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repository_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at"
+            };
+            let n = sqlx::query(upsert).bind(repo_id).bind(tag.as_str()).bind(m.digest.as_str()).bind(now).execute(&mut *tx).await?.rows_affected();
+            if guarded && n == 0 {
+                return Err(MetaError::ImmutableTag(tag.to_string()));
+            }
         }
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
@@ -542,8 +558,24 @@ impl MetaStore {
 
     /// Delete a manifest and every tag pointing at it. Returns whether it existed.
     pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest, events: &[NewEvent]) -> Result<bool> {
+        self.delete_manifest_guarded(repo, digest, None, events).await
+    }
+
+    /// [`MetaStore::delete_manifest`], refused with [`MetaError::ImmutableTag`] (deleting
+    /// nothing) when a tag pointing at the manifest is one `immutable` says may not go. The
+    /// tags are read under a row lock in the deleting transaction.
+    pub async fn delete_manifest_guarded(&self, repo: &RepoName, digest: &Digest, immutable: Option<&(dyn Fn(&str) -> bool + Sync)>, events: &[NewEvent]) -> Result<bool> {
         let Some(repo_id) = self.repo_id(repo).await? else { return Ok(false) };
         let mut tx = self.write.begin().await?;
+        if let Some(immutable) = immutable {
+            let q = format!("SELECT name FROM tags WHERE repository_id = $1 AND manifest_digest = $2 ORDER BY name{}", self.for_update());
+            for row in sqlx::query(AssertSqlSafe(q)).bind(repo_id).bind(digest.as_str()).fetch_all(&mut *tx).await? {
+                let name: String = row.try_get("name")?;
+                if immutable(&name) {
+                    return Err(MetaError::ImmutableTag(name));
+                }
+            }
+        }
         let deleted = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2")
             .bind(repo_id)
             .bind(digest.as_str())

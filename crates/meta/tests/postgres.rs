@@ -311,6 +311,55 @@ async fn upload_compare_and_set_holds_across_nodes() {
     db.drop_now().await;
 }
 
+#[tokio::test]
+async fn postgres_passes_the_policy_suite() {
+    let Some(server) = server_url() else { return };
+    let db = TestDb::create(&server).await;
+    let store = MetaStore::connect_postgres(&db.url, 8).await.expect("connect");
+    meta::testsuite_policy::run(&store).await;
+    store.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::test]
+async fn quota_holds_exactly_across_nodes() {
+    let Some(server) = server_url() else { return };
+    let db = TestDb::create(&server).await;
+    // Four nodes (separate pools) sharing one quota of 1000 bytes over team/**.
+    let quota = meta::Quota { namespace: "team/**".parse().expect("pattern"), limit: 1000 };
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        nodes.push(MetaStore::connect_postgres(&db.url, 4).await.expect("connect").with_quotas(vec![quota.clone()]));
+    }
+    // 40 distinct 60-byte blobs (16 fit), each linked into two repositories by two nodes at once.
+    let tasks: Vec<_> = (0..80)
+        .map(|i| {
+            let node = nodes[i % nodes.len()].clone();
+            let blob = Digest::sha256_of(format!("blob {}", i / 2).as_bytes());
+            let repo_name = repo(if i % 2 == 0 { "team/one" } else { "team/two" });
+            tokio::spawn(async move { (blob.clone(), node.link_blob(&repo_name, &blob, 60, None, &[]).await) })
+        })
+        .collect();
+    let mut admitted = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (blob, r) = t.await.expect("task");
+        match r {
+            Ok(()) => {
+                admitted.insert(blob);
+            }
+            Err(MetaError::QuotaExceeded { .. }) => {}
+            Err(e) => panic!("unexpected failure: {e}"),
+        }
+    }
+    assert_eq!(admitted.len(), 16, "exactly as many distinct blobs as fit");
+    let usage = nodes[0].namespace_usage(&quota.namespace).await.expect("usage");
+    assert_eq!((usage.bytes, usage.blobs), (960, 16));
+    for node in nodes {
+        node.close().await;
+    }
+    db.drop_now().await;
+}
+
 #[test]
 fn database_is_replaced_in_urls() {
     assert_eq!(with_database("postgres://u@h:1/berth", "x"), "postgres://u@h:1/x");

@@ -12,6 +12,13 @@ async fn sqlite_passes_the_metadata_suite() {
 }
 
 #[tokio::test]
+async fn sqlite_passes_the_policy_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = meta::MetaStore::open_sqlite(&dir.path().join("meta.db"), false).await.expect("open");
+    meta::testsuite_policy::run(&store).await;
+}
+
+#[tokio::test]
 async fn sqlite_passes_the_gc_suite() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = meta::MetaStore::open_sqlite(&dir.path().join("meta.db"), false).await.expect("open");

@@ -11,6 +11,7 @@ pub mod error;
 pub mod manifest;
 pub mod media;
 pub mod name;
+pub mod pattern;
 pub mod range;
 pub mod upload;
 
@@ -18,5 +19,6 @@ pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::ErrorCode;
 pub use manifest::{Descriptor, ManifestError, ManifestKind, ParsedManifest};
 pub use name::{NameError, Reference, RepoName, Tag};
+pub use pattern::{PatternError, RepoPattern, TagPattern};
 pub use range::{ByteRange, RangeError};
 pub use upload::UploadId;

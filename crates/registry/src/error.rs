@@ -35,6 +35,17 @@ pub enum Error {
     PaginationInvalid(String),
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A push or delete would move or remove a tag that an immutable-tags rule protects.
+    #[error("tag is immutable: {repository}:{tag} matches the immutable_tags rule ({rule})")]
+    TagImmutable { repository: oci::RepoName, tag: String, rule: crate::ImmutableRule },
+    /// Linking a blob would take a namespace over its quota (sizes in bytes).
+    #[error(
+        "quota exceeded for {namespace}: {} limit, {} used, this blob needs {}",
+        crate::human_bytes(*limit),
+        crate::human_bytes(*used),
+        crate::human_bytes(*needed)
+    )]
+    QuotaExceeded { namespace: String, limit: u64, used: u64, needed: u64 },
     /// Reading the request body failed: the client went away or sent a malformed body.
     #[error("reading the request body failed: {0}")]
     Body(String),
@@ -63,6 +74,7 @@ impl Error {
             Error::NameUnknown => ErrorCode::NameUnknown,
             Error::PaginationInvalid(_) => ErrorCode::PaginationNumberInvalid,
             Error::Unsupported(_) => ErrorCode::Unsupported,
+            Error::TagImmutable { .. } | Error::QuotaExceeded { .. } => ErrorCode::Denied,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::Internal(_) => ErrorCode::Unknown,
         }
@@ -73,6 +85,7 @@ impl From<meta::MetaError> for Error {
     fn from(e: meta::MetaError) -> Self {
         match e {
             meta::MetaError::MissingBlob(d) | meta::MetaError::MissingManifest(d) => Error::ManifestBlobUnknown(d),
+            meta::MetaError::QuotaExceeded { namespace, limit, used, needed } => Error::QuotaExceeded { namespace, limit, used, needed },
             e if e.is_transient() => Error::Unavailable(e.to_string()),
             // The push raced a garbage collection of the same blob: pushing again succeeds.
             e @ meta::MetaError::Collected(_) => Error::Unavailable(e.to_string()),

@@ -15,6 +15,7 @@ pub mod events;
 mod gc;
 mod janitor;
 mod manifests;
+mod policy;
 pub mod time;
 mod uploads;
 mod webhooks;
@@ -28,6 +29,7 @@ pub use events::{AuditSink, EventsConfig, REQUEST, RequestContext, WebhookEndpoi
 pub use gc::{GcProgress, GcReport};
 pub use janitor::Sweep;
 pub use manifests::{ManifestPut, Page, Referrers, MAX_PAGE};
+pub use policy::{ImmutableRule, Policies, QuotaUsage, RepositoryUsage, UsageReport, human_bytes, usage_report};
 pub use uploads::once;
 pub use uploads::{BlobRead, UploadState};
 
@@ -56,6 +58,8 @@ pub struct RegistryConfig {
     /// Answer whole-blob GETs with a redirect to a URL valid this long, when the storage
     /// driver can issue one (bytes then flow from object storage, not through the registry).
     pub blob_redirect: Option<Duration>,
+    /// Immutable tags and quotas (see `policy`).
+    pub policies: Policies,
 }
 
 impl Default for RegistryConfig {
@@ -69,6 +73,7 @@ impl Default for RegistryConfig {
             blob_redirect: None,
             gc_grace: Duration::from_secs(24 * 3600),
             gc_interval: Some(Duration::from_secs(3600)),
+            policies: Policies::default(),
         }
     }
 }
@@ -101,6 +106,8 @@ impl Registry {
     /// A registry that records events as `events` says (audit sink, webhooks, pulls).
     pub fn with_events(meta: MetaStore, blobs: Arc<dyn BlobStore>, config: RegistryConfig, events: EventsConfig) -> Registry {
         let cache = cache::ManifestCache::new(config.manifest_cache_bytes);
+        // Every link of a blob is charged against the quotas in the linking transaction.
+        let meta = meta.with_quotas(config.policies.quotas.clone());
         let events = events::EventsRuntime::new(events);
         Registry { inner: Arc::new(Inner { meta, blobs, config, cache, busy_uploads: Mutex::default(), events }) }
     }

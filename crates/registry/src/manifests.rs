@@ -115,9 +115,10 @@ impl Registry {
                 })
             })
             .collect();
-        let result = self.inner.meta.put_manifest(repo, &record, &tags, &events).await;
+        let immutable = self.immutable_tags(repo, &tags);
+        let result = self.inner.meta.put_manifest_guarded(repo, &record, &tags, &immutable, &events).await;
         self.inner.cache.invalidate(repo);
-        result?;
+        result.map_err(|e| self.manifest_error(repo, e))?;
         self.committed(&events);
         Ok(ManifestPut { digest, subject: parsed.subject })
     }
@@ -165,8 +166,8 @@ impl Registry {
         };
         let events = [self.event(EventFacts { action: "delete", repo, digest, tag, media_type: None, size: None, from: None })];
         let found = match reference {
-            Reference::Tag(t) => self.inner.meta.delete_tag(repo, t, &events).await,
-            Reference::Digest(d) => self.inner.meta.delete_manifest(repo, d, &events).await,
+            Reference::Tag(t) => self.delete_tag_unless_immutable(repo, t, &events).await,
+            Reference::Digest(d) => self.delete_manifest_unless_immutable(repo, d, &events).await,
         };
         self.inner.cache.invalidate(repo);
         if found? {

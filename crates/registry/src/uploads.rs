@@ -281,6 +281,7 @@ impl Registry {
         if actual != *digest {
             return Err(Error::DigestMismatch { expected: digest.clone(), actual });
         }
+        self.admit_blob(repo, id, digest, size, &driver_state, true).await?;
         self.commit(repo, id, digest, size, &driver_state, true).await?;
         Ok(size)
     }
@@ -306,6 +307,7 @@ impl Registry {
             self.discard(&id, &driver_state).await;
             return Err(Error::DigestMismatch { expected: digest.clone(), actual });
         }
+        self.admit_blob(repo, &id, digest, size, &driver_state, false).await?;
         self.commit(repo, &id, digest, size, &driver_state, false).await?;
         Ok(size)
     }

@@ -3,6 +3,7 @@
 //! `GET /admin/audit?repository=&user=&action=&since=&until=&after=&limit=` lists recorded
 //! events oldest first (`since`/`until` in RFC 3339 or milliseconds since the epoch; `after` an
 //! event id, for paging). `GET /admin/webhooks` shows each endpoint's queue and delivery counts.
+//! `GET /admin/usage` reports each quota's namespace and every repository by stored bytes.
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -57,6 +58,7 @@ pub fn routes(registry: Registry) -> Router {
             }),
         )
         .route("/admin/webhooks", get(|State(reg): State<Registry>| async move { webhooks(&reg).await.unwrap_or_else(IntoResponse::into_response) }))
+        .route("/admin/usage", get(|State(reg): State<Registry>| async move { usage(&reg).await.unwrap_or_else(IntoResponse::into_response) }))
         .with_state(registry)
 }
 
@@ -77,6 +79,11 @@ pub async fn audit(reg: &Registry, query: &Query) -> Result<Response, ApiError> 
 pub async fn webhooks(reg: &Registry) -> Result<Response, ApiError> {
     let status = reg.webhook_status().await?;
     Ok((StatusCode::OK, axum::Json(serde_json::json!({ "endpoints": status }))).into_response())
+}
+
+pub async fn usage(reg: &Registry) -> Result<Response, ApiError> {
+    let report = reg.usage().await?;
+    Ok((StatusCode::OK, axum::Json(report)).into_response())
 }
 
 #[cfg(test)]

@@ -72,6 +72,10 @@ impl From<registry::Error> for ApiError {
             registry::Error::ManifestBlobUnknown(d) => err = err.detail(json!({ "digest": d })),
             registry::Error::DigestMismatch { expected, actual } => err = err.detail(json!({ "expected": expected, "actual": actual })),
             registry::Error::ManifestTooLarge { limit } => err = err.detail(json!({ "limit": limit })),
+            registry::Error::TagImmutable { repository, tag, rule } => err = err.detail(json!({ "repository": repository.as_str(), "tag": tag, "rule": rule })),
+            registry::Error::QuotaExceeded { namespace, limit, used, needed } => {
+                err = err.detail(json!({ "namespace": namespace, "limit": limit, "used": used, "needed": needed }));
+            }
             registry::Error::RangeNotSatisfiable { size } => err = err.header(header::CONTENT_RANGE, format!("bytes */{size}")),
             _ => {}
         }
