@@ -4,7 +4,7 @@
 # layers, half garbage), in one run. For berth it also measures a concurrent load (manifest
 # GETs, blob HEADs, small-image pushes) with and without a collection running.
 #
-#   scripts/bench-gc.sh [--blobs 100000]
+#   scripts/bench-gc.sh [--blobs 100000] [--no-reference]
 #
 # Servers get fresh data directories and free ports and are stopped by PID on exit.
 set -euo pipefail
@@ -12,10 +12,12 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 BLOBS=100000
+REFERENCE=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --blobs) BLOBS=$2; shift 2 ;;
-        *) echo "usage: $0 [--blobs N]" >&2; exit 2 ;;
+        --no-reference) REFERENCE=0; shift ;;
+        *) echo "usage: $0 [--blobs N] [--no-reference]" >&2; exit 2 ;;
     esac
 done
 command -v docker-registry >/dev/null || { apt-get install -y docker-registry >/dev/null || { apt-get update >/dev/null && apt-get install -y docker-registry >/dev/null; }; }
@@ -51,6 +53,7 @@ t0=$(now_s)
 echo "  a second berth gc with nothing left: $(since "$t0") s"
 
 # ---- Distribution: fill, stop, garbage-collect offline
+[ "$REFERENCE" = 1 ] || exit 0
 rp=$(free_port)
 cat >"$work/registry.yml" <<YML
 version: 0.1

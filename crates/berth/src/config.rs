@@ -18,6 +18,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+mod retention;
+
 /// The file's shape. Every field is optional; defaults are applied in [`RawConfig::resolve`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +48,8 @@ pub struct RawConfig {
     pub gc: RawGc,
     #[serde(default)]
     pub policies: RawPolicies,
+    #[serde(default)]
+    pub retention: retention::RawRetention,
 }
 
 /// Immutable tags and quotas (parsed into `registry::Policies` by [`resolve_policies`]).
@@ -260,6 +264,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub events: registry::EventsConfig,
     pub metrics: MetricsSettings,
+    pub retention: registry::RetentionConfig,
 }
 
 /// Where blob bytes live.
@@ -653,6 +658,7 @@ impl RawConfig {
             log_format,
             events,
             metrics,
+            retention: retention::resolve(self.retention)?,
         })
     }
 }

@@ -4,7 +4,9 @@
 
 mod bench;
 mod config;
+mod fsck;
 mod import;
+mod lifecycle;
 mod migrate;
 mod usage;
 
@@ -67,8 +69,26 @@ enum Command {
         #[arg(long, value_parser = parse_duration_arg)]
         grace: Option<std::time::Duration>,
     },
+    /// Scrub blob storage against the database: re-hash blobs, find missing, damaged and
+    /// orphaned ones (exit 1 when problems remain). Safe while servers run on the same data.
+    Fsck(fsck::FsckArgs),
     /// Show the storage each quota's namespace and each repository uses, largest first.
     Usage(usage::UsageArgs),
+    /// Delete a whole repository (safe while servers run on the same data).
+    Repo {
+        #[command(subcommand)]
+        command: lifecycle::RepoCommand,
+    },
+    /// Delete tags in bulk, by pattern and age (safe while servers run on the same data).
+    Tags {
+        #[command(subcommand)]
+        command: lifecycle::TagsCommand,
+    },
+    /// Apply the retention policies now (safe while servers run on the same data).
+    Retention {
+        #[command(subcommand)]
+        command: lifecycle::RetentionCommand,
+    },
     /// Copy every blob, manifest and tag of one deployment into another (offline, resumable).
     Migrate(migrate::MigrateArgs),
     /// Load another registry's storage into berth (offline, resumable).
@@ -164,7 +184,11 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Fsck(args) => fsck::main(&args),
         Command::Usage(args) => usage::main(&args),
+        Command::Repo { command } => lifecycle::repo(command),
+        Command::Tags { command } => lifecycle::tags(command),
+        Command::Retention { command } => lifecycle::retention(command),
         Command::Migrate(args) => migrate::main(args),
         Command::Import { command } => import::main(command),
     }
@@ -345,6 +369,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let janitor = registry.spawn_janitor(stop.clone());
     let collector = registry.spawn_gc(stop.clone());
+    let retention = registry.spawn_retention(cfg.retention.clone(), stop.clone());
     let event_tasks = registry.spawn_events(stop.clone());
     let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
     let addr = listener.local_addr()?;
@@ -370,6 +395,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = janitor.await;
     if let Some(t) = collector {
+        let _ = t.await;
+    }
+    if let Some(t) = retention {
         let _ = t.await;
     }
     for t in event_tasks {

@@ -197,7 +197,7 @@ impl MetaStore {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
@@ -306,7 +306,7 @@ impl MetaStore {
 
     /// Mark deliveries done.
     pub async fn complete_deliveries(&self, endpoint: &str, queue_ids: &[i64]) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         for part in queue_ids.chunks(INSERT_BATCH * 2) {
             let sql = format!("DELETE FROM webhook_queue WHERE id IN ({})", placeholders(1, part.len()));
             let mut q = sqlx::query(AssertSqlSafe(sql));
@@ -328,7 +328,7 @@ impl MetaStore {
     /// Record a failed attempt on deliveries and when to try again.
     pub async fn fail_deliveries(&self, endpoint: &str, queue_ids: &[i64], error: &str, retry_in: Duration) -> Result<()> {
         let next = now_ms() + i64::try_from(retry_in.as_millis()).unwrap_or(i64::MAX / 2);
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         for part in queue_ids.chunks(INSERT_BATCH * 2) {
             let sql = format!("UPDATE webhook_queue SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2 WHERE id IN ({})", placeholders(3, part.len()));
             let mut q = sqlx::query(AssertSqlSafe(sql)).bind(next).bind(error);

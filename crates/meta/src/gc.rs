@@ -7,20 +7,24 @@
 //!
 //! 1. **Links.** A repository's link to a blob is garbage when no manifest of that repository
 //!    references the blob and the link was last created or mounted (`used_at`) before the
-//!    cutoff (now minus the grace period). [`MetaStore::gc_unlink`] locks the link
-//!    `FOR UPDATE`, re-checks both conditions with fresh statements, and deletes it. A manifest
+//!    cutoff (now minus the grace period). [`MetaStore::gc_unlink`] locks the blob's row and then
+//!    the link `FOR UPDATE`, re-checks both conditions with fresh statements, and deletes it. A manifest
 //!    PUT share-locks every link it references before inserting its references, so either the
 //!    collection waits and then sees the reference (and keeps the link), or it went first and
 //!    the manifest PUT reports the blob missing (`MANIFEST_BLOB_UNKNOWN`: the client pushes the
 //!    blob again). A mount or a push re-using the blob refreshes `used_at` under the same lock.
 //! 2. **Blobs.** A blob with no link left whose last use is before the cutoff is garbage.
-//!    [`MetaStore::gc_forget_blob`] locks the blob's row `FOR UPDATE`, re-checks, writes a
+//!    [`MetaStore::gc_forget_blobs`] locks the blob's row `FOR UPDATE`, re-checks, writes a
 //!    tombstone and deletes the row; only after that commits does the engine delete the bytes.
+//!    The tombstone stays *pending* until the bytes are deleted ([`MetaStore::gc_bytes_deleted`];
+//!    a collection that stopped in between is finished by the next one).
 //!    A push that finds the blob recorded links it under a share lock on the same row (so it
 //!    either waits for the collection and finds the blob absent, or the collection waits and
-//!    sees its link). A push that finds it absent stores its own copy and then records it with
-//!    the tombstone mark it read before storing: if a tombstone for the digest appeared in
-//!    between, the collection's storage delete may have removed the new copy, so the push
+//!    sees its link). A push that finds it absent with a pending tombstone waits (its copy
+//!    could be removed by the pending delete). A push that finds it absent otherwise stores its
+//!    own copy and then records it with the tombstone mark it read before storing: if a
+//!    tombstone for the digest appeared in between (the blob was recorded again by another push
+//!    and collected again), that collection's delete may have removed the new copy, so the push
 //!    fails cleanly (503, the client retries) instead of recording bytes that are gone.
 //!
 //! Nothing is ever decided from a walk of the blob storage.
@@ -71,37 +75,49 @@ impl MetaStore {
             .collect()
     }
 
-    /// Remove the link `c` if it is still unreferenced and last used before `cutoff_ms`.
-    /// Returns whether it was removed.
-    pub async fn gc_unlink(&self, c: &LinkCandidate, cutoff_ms: i64) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
-        let q = format!("SELECT used_at FROM repository_blobs WHERE repository_id = $1 AND digest = $2{}", self.for_update());
-        let Some(row) = sqlx::query(AssertSqlSafe(q)).bind(c.repository_id).bind(&c.digest).fetch_optional(&mut *tx).await? else {
-            return Ok(false);
-        };
-        let used_at: i64 = row.try_get("used_at")?;
-        if used_at >= cutoff_ms {
-            return Ok(false);
+    /// Remove the links of `batch` that are still unreferenced and last used before
+    /// `cutoff_ms`, in one transaction. Returns how many were removed.
+    ///
+    /// Lock order, here and in every writer: a blob's row, then its links. Rows are taken in
+    /// digest order, as a manifest PUT takes its links, so no two transactions wait on each
+    /// other in a cycle.
+    pub async fn gc_unlink(&self, batch: &[LinkCandidate], cutoff_ms: i64) -> Result<u64> {
+        let mut batch: Vec<&LinkCandidate> = batch.iter().collect();
+        batch.sort_by(|a, b| (&a.digest, a.repository_id).cmp(&(&b.digest, b.repository_id)));
+        let mut tx = self.begin_write().await?;
+        let lock_blob = format!("SELECT 1 AS x FROM blobs WHERE digest = $1{}", self.for_update());
+        let lock_link = format!("SELECT used_at FROM repository_blobs WHERE repository_id = $1 AND digest = $2{}", self.for_update());
+        let mut removed = 0;
+        for c in batch {
+            sqlx::query(AssertSqlSafe(lock_blob.as_str())).bind(&c.digest).fetch_optional(&mut *tx).await?;
+            let Some(row) = sqlx::query(AssertSqlSafe(lock_link.as_str())).bind(c.repository_id).bind(&c.digest).fetch_optional(&mut *tx).await? else {
+                continue;
+            };
+            let used_at: i64 = row.try_get("used_at")?;
+            if used_at >= cutoff_ms {
+                continue;
+            }
+            // A fresh statement after the lock: it sees references committed while we waited.
+            let referenced = sqlx::query("SELECT 1 AS x FROM manifest_blobs WHERE repository_id = $1 AND blob_digest = $2 LIMIT 1")
+                .bind(c.repository_id)
+                .bind(&c.digest)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if referenced {
+                continue;
+            }
+            sqlx::query("DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = $2").bind(c.repository_id).bind(&c.digest).execute(&mut *tx).await?;
+            // The blob was last in use when this link was: its own grace period does not restart.
+            sqlx::query("UPDATE blobs SET released_at = CASE WHEN released_at IS NULL OR released_at < $2 THEN $2 ELSE released_at END WHERE digest = $1")
+                .bind(&c.digest)
+                .bind(used_at)
+                .execute(&mut *tx)
+                .await?;
+            removed += 1;
         }
-        // A fresh statement after the lock: it sees references committed while we waited.
-        let referenced = sqlx::query("SELECT 1 AS x FROM manifest_blobs WHERE repository_id = $1 AND blob_digest = $2 LIMIT 1")
-            .bind(c.repository_id)
-            .bind(&c.digest)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if referenced {
-            return Ok(false);
-        }
-        sqlx::query("DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = $2").bind(c.repository_id).bind(&c.digest).execute(&mut *tx).await?;
-        // The blob was last in use when this link was: its own grace period does not restart.
-        sqlx::query("UPDATE blobs SET released_at = CASE WHEN released_at IS NULL OR released_at < $2 THEN $2 ELSE released_at END WHERE digest = $1")
-            .bind(&c.digest)
-            .bind(used_at)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(removed)
     }
 
     /// Up to `limit` blobs with no link, last used before `cutoff_ms`, after `after` (by digest).
@@ -131,32 +147,70 @@ impl MetaStore {
         rows.iter().map(|r| Ok(BlobCandidate { digest: parse_digest(&r.try_get::<String, _>("digest")?)?, size: to_u64(r, "size")? })).collect()
     }
 
-    /// Forget blob `digest` if it still has no link and was last used before `cutoff_ms`: a
-    /// tombstone is written and the row deleted, in one transaction. Returns whether it was;
-    /// the caller then deletes the bytes.
-    pub async fn gc_forget_blob(&self, digest: &Digest, cutoff_ms: i64) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
-        let q = format!("SELECT COALESCE(released_at, created_at) AS last FROM blobs WHERE digest = $1{}", self.for_update());
-        let Some(row) = sqlx::query(AssertSqlSafe(q)).bind(digest.as_str()).fetch_optional(&mut *tx).await? else {
-            return Ok(false);
-        };
-        if row.try_get::<i64, _>("last")? >= cutoff_ms {
-            return Ok(false);
+    /// Forget the blobs of `batch` that still have no link and were last used before
+    /// `cutoff_ms`: for each, a pending tombstone is written and the row deleted, all in one
+    /// transaction. Returns those forgotten with their tombstone ids; the caller deletes their
+    /// bytes and then calls [`MetaStore::gc_bytes_deleted`].
+    pub async fn gc_forget_blobs(&self, batch: &[Digest], cutoff_ms: i64) -> Result<Vec<(i64, Digest)>> {
+        let mut batch: Vec<&Digest> = batch.iter().collect();
+        batch.sort();
+        let mut tx = self.begin_write().await?;
+        let lock = format!("SELECT COALESCE(released_at, created_at) AS last FROM blobs WHERE digest = $1{}", self.for_update());
+        let now = now_ms();
+        let mut forgotten = Vec::new();
+        for digest in batch {
+            let Some(row) = sqlx::query(AssertSqlSafe(lock.as_str())).bind(digest.as_str()).fetch_optional(&mut *tx).await? else {
+                continue;
+            };
+            if row.try_get::<i64, _>("last")? >= cutoff_ms {
+                continue;
+            }
+            let linked = sqlx::query("SELECT 1 AS x FROM repository_blobs WHERE digest = $1 LIMIT 1").bind(digest.as_str()).fetch_optional(&mut *tx).await?.is_some();
+            if linked {
+                continue;
+            }
+            let row = sqlx::query("INSERT INTO blob_tombstones (digest, deleted_at) VALUES ($1, $2) RETURNING id")
+                .bind(digest.as_str())
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM blobs WHERE digest = $1").bind(digest.as_str()).execute(&mut *tx).await?;
+            forgotten.push((row.try_get("id")?, digest.clone()));
         }
-        let linked = sqlx::query("SELECT 1 AS x FROM repository_blobs WHERE digest = $1 LIMIT 1").bind(digest.as_str()).fetch_optional(&mut *tx).await?.is_some();
-        if linked {
-            return Ok(false);
-        }
-        sqlx::query("INSERT INTO blob_tombstones (digest, deleted_at) VALUES ($1, $2)").bind(digest.as_str()).bind(now_ms()).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM blobs WHERE digest = $1").bind(digest.as_str()).execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(forgotten)
+    }
+
+    /// The bytes of these tombstones' blobs are deleted (or were never there): pushes of those
+    /// digests may store new copies again.
+    pub async fn gc_bytes_deleted(&self, tombstones: &[i64]) -> Result<()> {
+        let now = now_ms();
+        for chunk in tombstones.chunks(500) {
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!("UPDATE blob_tombstones SET storage_deleted_at = $1 WHERE id IN ({})", placeholders.join(", "));
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(now);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&self.write).await?;
+        }
+        Ok(())
+    }
+
+    /// Tombstones whose bytes were not confirmed deleted, written before `before_ms`: left by
+    /// a collection that stopped (crash, shutdown) between forgetting blobs and deleting them.
+    pub async fn gc_pending_tombstones(&self, before_ms: i64) -> Result<Vec<(i64, Digest)>> {
+        let rows = sqlx::query("SELECT id, digest FROM blob_tombstones WHERE storage_deleted_at IS NULL AND deleted_at < $1 ORDER BY id")
+            .bind(before_ms)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("id")?, parse_digest(&r.try_get::<String, _>("digest")?)?))).collect()
     }
 
     /// Delete tombstones written before `before_ms` (a push's mark is read moments before it
     /// records its blob, so old tombstones can no longer matter). Returns how many.
     pub async fn gc_prune_tombstones(&self, before_ms: i64) -> Result<u64> {
-        let r = sqlx::query("DELETE FROM blob_tombstones WHERE deleted_at < $1").bind(before_ms).execute(&self.write).await?;
+        let r = sqlx::query("DELETE FROM blob_tombstones WHERE deleted_at < $1 AND storage_deleted_at IS NOT NULL").bind(before_ms).execute(&self.write).await?;
         Ok(r.rows_affected())
     }
 }

@@ -10,15 +10,20 @@
 //! `SQLITE_BUSY`; reads use a separate pool and, in WAL mode, never wait for writes.
 
 pub(crate) mod events;
+mod fsck;
 mod gc;
+mod lifecycle;
 mod quota;
 mod schema;
 mod store;
 pub mod testsuite;
 pub mod testsuite_policy;
+pub mod testsuite_lifecycle;
 
 pub use events::{Delivery, EndpointStatus, Event, EventFilter, NewEvent};
+pub use fsck::{BlobUse, UnrecordedClaim};
 pub use gc::{BlobCandidate, LinkCandidate};
+pub use lifecycle::{DeletedManifest, KeptBecause, RepositoryDeletion, RepositorySummary, Role, TagInfo, UntaggedOutcome};
 pub use quota::{COUNTER_MAX_AGE_MS, NamespaceUsage, Quota};
 pub use store::{
     Dedup, MetaStore, NewManifest, Referrer, RepoUsage, StorageTotals, StoredManifest, TagPage, UploadSession, UploadUpdate,

@@ -124,13 +124,15 @@ UPDATE repository_blobs SET used_at = created_at;
 CREATE INDEX repository_blobs_used ON repository_blobs (used_at);
 -- When a blob lost a link (its grace period counts from the last one).
 ALTER TABLE blobs ADD COLUMN released_at BIGINT;
--- Blobs collected, newest last. A push that stored its own copy of a blob just before a
--- collection deleted it finds a tombstone newer than the mark it read and fails cleanly,
--- instead of recording a blob whose bytes are gone.
+-- Blobs collected, newest last. storage_deleted_at stays NULL until the collection has
+-- deleted the bytes: meanwhile a push of the digest waits. A push that stored its own copy
+-- and then finds a tombstone newer than the mark it read fails cleanly, instead of recording a
+-- blob whose bytes may be gone.
 CREATE TABLE blob_tombstones (
     id {ID},
     digest TEXT NOT NULL,
-    deleted_at BIGINT NOT NULL
+    deleted_at BIGINT NOT NULL,
+    storage_deleted_at BIGINT
 );
 CREATE INDEX blob_tombstones_digest ON blob_tombstones (digest, id);
 CREATE INDEX blob_tombstones_deleted ON blob_tombstones (deleted_at);

@@ -36,6 +36,9 @@ pub enum Dedup {
     /// Not recorded (or not in the `from` repository). `mark` is the newest garbage collection
     /// tombstone at that moment, for [`MetaStore::link_new`].
     Absent { mark: i64 },
+    /// A garbage collection forgot this blob and has not yet deleted its bytes: storing a new
+    /// copy now could be undone by that delete. Ask again shortly.
+    Collecting,
 }
 
 /// A manifest as stored.
@@ -179,7 +182,7 @@ impl MetaStore {
     /// Apply the migrations the database has not seen, each in its own transaction.
     pub async fn migrate(&self) -> Result<()> {
         loop {
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             if self.dialect == Dialect::Postgres {
                 // Nodes starting together must not run one migration twice, nor race on creating
                 // `berth_schema` itself (concurrent `CREATE TABLE IF NOT EXISTS` fails on
@@ -265,6 +268,17 @@ impl MetaStore {
         row.map(|r| to_u64(&r, "size")).transpose()
     }
 
+    /// Begin a write transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads and then writes fails with "database is
+    /// locked" when another process (a `berth gc` or `berth fsck` next to the server) wrote in
+    /// between, while an immediate one waits for the lock (up to `busy_timeout`).
+    pub(crate) async fn begin_write(&self) -> Result<Tx> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.write.begin().await?,
+        })
+    }
+
     /// Row-lock clauses: PostgreSQL takes row locks where garbage collection and writers meet;
     /// SQLite needs none (one write connection runs one transaction at a time).
     pub(crate) fn for_share(&self) -> &'static str {
@@ -297,7 +311,7 @@ impl MetaStore {
         finished_upload: Option<&UploadId>,
         events: &[NewEvent],
     ) -> Result<Dedup> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let absent = |mark| Ok(Dedup::Absent { mark });
         if let Some(from) = from {
             let q = format!(
@@ -310,6 +324,14 @@ impl MetaStore {
         }
         let q = format!("SELECT size FROM blobs WHERE digest = $1{}", self.for_share());
         let Some(row) = sqlx::query(AssertSqlSafe(q)).bind(digest.as_str()).fetch_optional(&mut *tx).await? else {
+            let collecting = sqlx::query("SELECT 1 AS x FROM blob_tombstones WHERE digest = $1 AND storage_deleted_at IS NULL")
+                .bind(digest.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if collecting {
+                return Ok(Dedup::Collecting);
+            }
             return absent(Self::tombstone_mark(&mut tx).await?);
         };
         let recorded = to_u64(&row, "size")?;
@@ -335,7 +357,7 @@ impl MetaStore {
     /// [`MetaError::Collected`] if a garbage collection deleted this digest since: its storage
     /// delete may have removed the bytes just stored, so recording them would be a lie.
     pub async fn link_new(&self, repo: &RepoName, digest: &Digest, size: u64, mark: Option<i64>, finished_upload: Option<&UploadId>, events: &[NewEvent]) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
         sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
             .bind(digest.as_str())
@@ -391,13 +413,16 @@ impl MetaStore {
     pub async fn mount_blob(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>, events: &[NewEvent]) -> Result<Option<u64>> {
         match self.link_existing(repo, digest, from, None, None, events).await? {
             Dedup::Linked(size) => Ok(Some(size)),
-            Dedup::Absent { .. } => Ok(None),
+            Dedup::Absent { .. } | Dedup::Collecting => Ok(None),
         }
     }
 
     /// Remove the link between `repo` and `digest`. Returns whether there was one.
     pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest, events: &[NewEvent]) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
+        // Lock order everywhere: the blob's row, then its links (see `meta::gc`).
+        let q = format!("SELECT 1 AS x FROM blobs WHERE digest = $1{}", self.for_update());
+        sqlx::query(AssertSqlSafe(q)).bind(digest.as_str()).fetch_optional(&mut *tx).await?;
         let r = sqlx::query("DELETE FROM repository_blobs WHERE digest = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)")
             .bind(repo.as_str())
             .bind(digest.as_str())
@@ -426,7 +451,7 @@ impl MetaStore {
     /// [`MetaError::ImmutableTag`] and changes nothing. Decided by the tag upsert itself, so
     /// two writers racing on a new immutable tag cannot both win.
     pub async fn put_manifest_guarded(&self, repo: &RepoName, m: &NewManifest<'_>, tags: &[Tag], immutable: &[Tag], events: &[NewEvent]) -> Result<()> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
         // Share-locked (PostgreSQL): a collection of one of these links waits for this
         // transaction and then sees the manifest's reference, or finished first and the
@@ -566,7 +591,7 @@ impl MetaStore {
     /// tags are read under a row lock in the deleting transaction.
     pub async fn delete_manifest_guarded(&self, repo: &RepoName, digest: &Digest, immutable: Option<&(dyn Fn(&str) -> bool + Sync)>, events: &[NewEvent]) -> Result<bool> {
         let Some(repo_id) = self.repo_id(repo).await? else { return Ok(false) };
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(immutable) = immutable {
             let q = format!("SELECT name FROM tags WHERE repository_id = $1 AND manifest_digest = $2 ORDER BY name{}", self.for_update());
             for row in sqlx::query(AssertSqlSafe(q)).bind(repo_id).bind(digest.as_str()).fetch_all(&mut *tx).await? {
@@ -609,7 +634,7 @@ impl MetaStore {
 
     /// Delete one tag. Returns whether it existed.
     pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag, events: &[NewEvent]) -> Result<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query("DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)")
             .bind(repo.as_str())
             .bind(tag.as_str())

@@ -253,9 +253,9 @@ pub async fn run_gc(m: &MetaStore) {
 
     // Unlink both; a second attempt finds nothing; a recent cutoff refuses.
     for c in &links {
-        assert!(!m.gc_unlink(c, past).await.expect("unlink"), "not older than a past cutoff");
-        assert!(m.gc_unlink(c, future).await.expect("unlink"));
-        assert!(!m.gc_unlink(c, future).await.expect("unlink twice"));
+        assert_eq!(m.gc_unlink(std::slice::from_ref(c), past).await.expect("unlink"), 0, "not older than a past cutoff");
+        assert_eq!(m.gc_unlink(std::slice::from_ref(c), future).await.expect("unlink"), 1);
+        assert_eq!(m.gc_unlink(std::slice::from_ref(c), future).await.expect("unlink twice"), 0);
     }
     assert_eq!(m.blob_in_repo(&other, &shared).await.expect("q"), None);
     assert_eq!(m.blob_in_repo(&app, &shared).await.expect("q"), Some(10), "still referenced in app");
@@ -264,14 +264,22 @@ pub async fn run_gc(m: &MetaStore) {
 
     // A push that finds the unlinked blob recorded links it again: it is no longer garbage.
     assert_eq!(m.link_existing(&other, &orphan, None, Some(10), None, &[]).await.expect("dedup"), Dedup::Linked(10));
-    assert!(!m.gc_forget_blob(&orphan, future).await.expect("forget"), "linked again");
+    assert_eq!(m.gc_forget_blobs(std::slice::from_ref(&orphan), future).await.expect("forget").len(), 0, "linked again");
     assert!(matches!(m.link_existing(&other, &orphan, None, Some(11), None, &[]).await, Err(MetaError::Corrupt(_))), "size mismatch");
     let c = m.gc_link_candidates(future, None, 100).await.expect("q");
     assert_eq!(c.len(), 1);
-    assert!(m.gc_unlink(&c[0], future).await.expect("unlink"));
-    assert!(m.gc_forget_blob(&orphan, future).await.expect("forget"));
-    assert!(!m.gc_forget_blob(&orphan, future).await.expect("forget twice"));
+    assert_eq!(m.gc_unlink(std::slice::from_ref(&c[0]), future).await.expect("unlink"), 1);
+    let forgotten = m.gc_forget_blobs(std::slice::from_ref(&orphan), future).await.expect("forget");
+    assert_eq!(forgotten.iter().map(|f| &f.1).collect::<Vec<_>>(), [&orphan]);
+    assert_eq!(m.gc_forget_blobs(std::slice::from_ref(&orphan), future).await.expect("forget twice").len(), 0);
     assert_eq!(m.blob_anywhere(&orphan).await.expect("q"), None);
+    // Until the collection confirms the bytes are gone, a push of the digest must wait.
+    assert_eq!(m.link_existing(&other, &orphan, None, None, None, &[]).await.expect("dedup"), Dedup::Collecting);
+    assert_eq!(m.gc_pending_tombstones(future).await.expect("pending").iter().map(|p| &p.1).collect::<Vec<_>>(), [&orphan]);
+    assert!(m.gc_pending_tombstones(past).await.expect("pending").is_empty());
+    assert_eq!(m.gc_prune_tombstones(future).await.expect("prune"), 0, "pending tombstones are kept");
+    m.gc_bytes_deleted(&forgotten.iter().map(|f| f.0).collect::<Vec<_>>()).await.expect("bytes deleted");
+    assert!(m.gc_pending_tombstones(future).await.expect("pending").is_empty());
     assert!(matches!(m.link_existing(&other, &orphan, None, None, None, &[]).await.expect("dedup"), Dedup::Absent { .. }));
 
     // The race: a push reads its mark, a collection of the same digest completes, then the push
@@ -280,9 +288,11 @@ pub async fn run_gc(m: &MetaStore) {
     let Dedup::Absent { mark } = m.link_existing(&app, &late, None, Some(4), None, &[]).await.expect("dedup") else { panic!("late is new") };
     m.link_blob(&other, &late, 4, None, &[]).await.expect("someone else's push");
     let c = m.gc_link_candidates(future, None, 100).await.expect("q");
-    assert!(m.gc_unlink(c.iter().find(|c| c.digest == late.as_str()).expect("late's link"), future).await.expect("unlink"));
-    assert!(m.gc_forget_blob(&late, future).await.expect("forget"));
+    assert_eq!(m.gc_unlink(std::slice::from_ref(c.iter().find(|c| c.digest == late.as_str()).expect("late's link")), future).await.expect("unlink"), 1);
+    let forgotten = m.gc_forget_blobs(std::slice::from_ref(&late), future).await.expect("forget");
+    assert_eq!(forgotten.len(), 1);
     assert!(matches!(m.link_new(&app, &late, 4, Some(mark), None, &[]).await, Err(MetaError::Collected(d)) if d == late.as_str()));
+    m.gc_bytes_deleted(&[forgotten[0].0]).await.expect("bytes deleted");
     assert_eq!(m.blob_in_repo(&app, &late).await.expect("q"), None, "nothing recorded");
     let Dedup::Absent { mark } = m.link_existing(&app, &late, None, Some(4), None, &[]).await.expect("dedup") else { panic!("late is gone") };
     m.link_new(&app, &late, 4, Some(mark), None, &[]).await.expect("a push after the collection");

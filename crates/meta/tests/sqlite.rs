@@ -24,3 +24,10 @@ async fn sqlite_passes_the_gc_suite() {
     let store = meta::MetaStore::open_sqlite(&dir.path().join("meta.db"), false).await.expect("open");
     meta::testsuite::run_gc(&store).await;
 }
+
+#[tokio::test]
+async fn sqlite_passes_the_lifecycle_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = meta::MetaStore::open_sqlite(&dir.path().join("meta.db"), false).await.expect("open");
+    meta::testsuite_lifecycle::run(&store).await;
+}

@@ -12,10 +12,13 @@
 mod cache;
 mod error;
 pub mod events;
+mod fsck;
 mod gc;
 mod janitor;
+mod lifecycle;
 mod manifests;
 mod policy;
+mod retention;
 pub mod time;
 mod uploads;
 mod webhooks;
@@ -26,10 +29,13 @@ use std::time::Duration;
 
 pub use error::Error;
 pub use events::{AuditSink, EventsConfig, REQUEST, RequestContext, WebhookEndpoint, WebhookFormat};
+pub use fsck::{Damage, DamagedBlob, FsckOptions, FsckPhase, FsckProgress, FsckReport, ORPHAN_MIN_AGE, OrphanBlob, OrphanState};
 pub use gc::{GcProgress, GcReport};
 pub use janitor::Sweep;
+pub use lifecycle::{KeptTag, TagDeletion, TagFilter, TagReport, parse_age};
 pub use manifests::{ManifestPut, Page, Referrers, MAX_PAGE};
 pub use policy::{ImmutableRule, Policies, QuotaUsage, RepositoryUsage, UsageReport, human_bytes, usage_report};
+pub use retention::{Fate, Keep, RetentionConfig, RetentionManifest, RetentionPolicy, RetentionReport, RetentionTag, TagRegex, Verdict, plan as retention_plan};
 pub use uploads::once;
 pub use uploads::{BlobRead, UploadState};
 

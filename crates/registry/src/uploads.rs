@@ -46,6 +46,11 @@ impl Drop for BusyGuard {
     }
 }
 
+/// How long a push waits for a garbage collection to finish deleting the digest it pushes,
+/// and how often it looks.
+const COLLECTING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const COLLECTING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Bytes gathered before they are hashed off the request's task.
 const HASH_BATCH: usize = 1 << 20;
 
@@ -337,12 +342,24 @@ impl Registry {
     async fn commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest, size: u64, driver_state: &[u8], has_session: bool) -> Result<()> {
         let events = [self.event(EventFacts { action: "push", repo, digest: Some(digest.to_string()), tag: None, media_type: Some(BLOB_MEDIA_TYPE.into()), size: Some(size), from: None })];
         let session = has_session.then_some(id);
-        match self.inner.meta.link_existing(repo, digest, None, Some(size), session, &events).await? {
-            meta::Dedup::Linked(_) => self.discard(id, driver_state).await,
-            meta::Dedup::Absent { mark } => {
-                self.inner.blobs.commit_upload(id, size, driver_state, digest).await?;
-                self.inner.meta.link_new(repo, digest, size, Some(mark), session, &events).await?;
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            match self.inner.meta.link_existing(repo, digest, None, Some(size), session, &events).await? {
+                meta::Dedup::Linked(_) => self.discard(id, driver_state).await,
+                meta::Dedup::Absent { mark } => {
+                    self.inner.blobs.commit_upload(id, size, driver_state, digest).await?;
+                    self.inner.meta.link_new(repo, digest, size, Some(mark), session, &events).await?;
+                }
+                // A collection is deleting this digest's old bytes: storing ours now could be
+                // undone by that delete. It takes moments; past a bound, the client retries.
+                meta::Dedup::Collecting if waited < COLLECTING_WAIT => {
+                    tokio::time::sleep(COLLECTING_POLL).await;
+                    waited += COLLECTING_POLL;
+                    continue;
+                }
+                meta::Dedup::Collecting => return Err(Error::Unavailable(format!("{digest} is being garbage collected; retry the upload"))),
             }
+            break;
         }
         self.committed(&events);
         Ok(())

@@ -4,6 +4,8 @@
 //! events oldest first (`since`/`until` in RFC 3339 or milliseconds since the epoch; `after` an
 //! event id, for paging). `GET /admin/webhooks` shows each endpoint's queue and delivery counts.
 //! `GET /admin/usage` reports each quota's namespace and every repository by stored bytes.
+//! `DELETE /admin/repositories/<name>` and `DELETE /admin/repositories/<name>/tags` delete in
+//! bulk (see `admin_repos`).
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -59,7 +61,8 @@ pub fn routes(registry: Registry) -> Router {
         )
         .route("/admin/webhooks", get(|State(reg): State<Registry>| async move { webhooks(&reg).await.unwrap_or_else(IntoResponse::into_response) }))
         .route("/admin/usage", get(|State(reg): State<Registry>| async move { usage(&reg).await.unwrap_or_else(IntoResponse::into_response) }))
-        .with_state(registry)
+        .with_state(registry.clone())
+        .merge(crate::admin_repos::routes(registry))
 }
 
 pub async fn audit(reg: &Registry, query: &Query) -> Result<Response, ApiError> {

@@ -5,6 +5,7 @@
 //! requests into domain types, calls the [`registry::Registry`] engine once, and shapes the answer.
 
 mod admin;
+mod admin_repos;
 pub mod error;
 mod handlers;
 mod health;

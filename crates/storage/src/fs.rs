@@ -22,7 +22,7 @@ use bytes::Bytes;
 use oci::{Algorithm, ByteRange, Digest, UploadId};
 use tokio::task::JoinHandle;
 
-use crate::{BlobStore, ByteStream, Result, StorageError, StoredUpload, UploadWriter};
+use crate::{BlobInfo, BlobStore, ByteStream, Result, StorageError, StoredUpload, UploadWriter};
 
 /// Bytes gathered before one write system call on upload, and read per call on download.
 const IO_CHUNK: usize = 1 << 20;
@@ -84,6 +84,15 @@ impl BlobStore for FsStore {
         let path = self.blob_path(digest);
         match tokio::fs::metadata(&path).await {
             Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("stat", &path)(e)),
+        }
+    }
+
+    async fn inspect(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        let path = self.blob_path(digest);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(BlobInfo { size: m.len(), modified: m.modified().ok() })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("stat", &path)(e)),
         }

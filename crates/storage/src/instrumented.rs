@@ -2,7 +2,7 @@
 //! to an [`Observer`], so metrics can be kept without this crate knowing any metrics library.
 //!
 //! Reported operations: `stat`, `get` (the time to open the stream, not to read it), `delete`,
-//! `list`, `presigned_get`, `upload_writer` (the time to open the writer), `read_upload` (to open
+//! `list`, `inspect`, `presigned_get`, `upload_writer` (the time to open the writer), `read_upload` (to open
 //! the stream), `commit_upload`, `abort_upload` and `list_uploads`. Failures are also logged at
 //! debug level; the caller decides what else to do with them.
 
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use oci::{ByteRange, Digest, UploadId};
 
-use crate::{BlobStore, ByteStream, Result, StoredUpload, UploadWriter};
+use crate::{BlobInfo, BlobStore, ByteStream, Result, StoredUpload, UploadWriter};
 
 /// Receives `(driver, operation, duration, ok)` once per store operation.
 pub type Observer = Arc<dyn Fn(&'static str, &'static str, Duration, bool) + Send + Sync>;
@@ -68,6 +68,10 @@ impl BlobStore for Instrumented {
 
     async fn list(&self) -> Result<Vec<Digest>> {
         self.timed("list", self.inner.list()).await
+    }
+
+    async fn inspect(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        self.timed("inspect", self.inner.inspect(digest)).await
     }
 
     async fn presigned_get(&self, digest: &Digest, expiry: Duration) -> Result<Option<String>> {

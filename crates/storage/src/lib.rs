@@ -56,6 +56,14 @@ pub struct StoredUpload {
     pub modified: SystemTime,
 }
 
+/// What [`BlobStore::inspect`] tells about a stored blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub size: u64,
+    /// When the blob was last written (committed), if the driver can tell.
+    pub modified: Option<SystemTime>,
+}
+
 /// Appends bytes to an upload. Bytes written are not part of any blob until
 /// [`BlobStore::commit_upload`]; a writer dropped without [`UploadWriter::finish`] may leave
 /// some of them behind, which the next writer at the session's recorded offset discards.
@@ -94,6 +102,13 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Every stored blob (for scrubs and orphan collection, never on a request path).
     async fn list(&self) -> Result<Vec<Digest>>;
+
+    /// Size and write time of a stored blob, or `None` (for scrubs: an unrecorded blob's age
+    /// tells a crash's leftovers from a push about to record it). Without a write time from
+    /// the driver, such a blob is never deleted.
+    async fn inspect(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        Ok(self.stat(digest).await?.map(|size| BlobInfo { size, modified: None }))
+    }
 
     /// A URL a client can fetch the blob from directly, if the driver can issue one.
     async fn presigned_get(&self, _digest: &Digest, _expiry: Duration) -> Result<Option<String>> {

@@ -46,7 +46,7 @@ use object_store::{BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectSto
 use oci::{ByteRange, Digest, UploadId};
 use serde::{Deserialize, Serialize};
 
-use crate::{BlobStore, ByteStream, Result, StorageError, StoredUpload, UploadWriter};
+use crate::{BlobInfo, BlobStore, ByteStream, Result, StorageError, StoredUpload, UploadWriter};
 
 /// S3's smallest part (except the last one).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
@@ -485,6 +485,14 @@ impl BlobStore for S3Store {
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>> {
         match self.inner.s3.head(&self.blob_key(digest)).await {
             Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn inspect(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        match self.inner.s3.head(&self.blob_key(digest)).await {
+            Ok(m) => Ok(Some(BlobInfo { size: m.size, modified: Some(SystemTime::from(m.last_modified)) })),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(map_err(e)),
         }

@@ -50,6 +50,10 @@ pub async fn run(store: Arc<dyn BlobStore>) {
     let r = ByteRange { start: 1_000_000, end: 2_500_000 };
     assert_eq!(read_all(s, &d, Some(r)).await, &big[1_000_000..=2_500_000]);
     assert!(s.list().await.expect("list").contains(&d));
+    let info = s.inspect(&d).await.expect("inspect").expect("a stored blob");
+    assert_eq!(info.size, size);
+    let recent = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).is_ok_and(|a| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).is_ok_and(|now| now.abs_diff(a) < std::time::Duration::from_secs(3600)));
+    assert!(info.modified.is_none_or(recent), "{info:?}: written just now (give or take a clock skew)");
 
     // The same content committed again keeps one readable copy.
     let (d2, _) = upload(s, &id(2), &[&big]).await;
@@ -127,6 +131,7 @@ pub async fn run(store: Arc<dyn BlobStore>) {
     s.delete(&d3).await.expect("delete");
     s.delete(&d3).await.expect("delete twice");
     assert_eq!(s.stat(&d3).await.expect("stat"), None);
+    assert_eq!(s.inspect(&d3).await.expect("inspect"), None);
     assert!(matches!(s.get(&d3, None).await, Err(StorageError::NotFound)));
 }
 
