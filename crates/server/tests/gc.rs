@@ -175,7 +175,14 @@ async fn race(t: TestRegistry) {
         for desc in descs {
             let d: Digest = desc["digest"].as_str().expect("digest").parse().expect("digest");
             let r = t.get(&format!("/v2/{repo}/blobs/{d}")).await;
-            assert_eq!(r.status, StatusCode::OK, "{name}: {d} lost");
+            if r.status != StatusCode::OK {
+                // Say which layer lost it: the repository's link, the blob's row, or the bytes.
+                let repo_name: oci::RepoName = repo.parse().expect("repo");
+                let link = t.registry.meta().blob_in_repo(&repo_name, &d).await.expect("q");
+                let row = t.registry.meta().blob_anywhere(&d).await.expect("q");
+                let bytes = t.registry.blobs().stat(&d).await.expect("stat");
+                panic!("{name}: {d} lost ({}): link {link:?}, row {row:?}, bytes {bytes:?}", r.status);
+            }
             assert_eq!(sha256(&r.body), d, "{name}: {d} corrupt");
         }
     }
