@@ -366,7 +366,14 @@ impl MetaStore {
             .execute(&mut *tx)
             .await?;
         if let Some(mark) = mark {
-            // After the insert: a collection holding the row lock has committed (or not begun).
+            // The insert does not wait when the row exists (PostgreSQL's ON CONFLICT DO
+            // NOTHING takes no lock): share-lock it, so that a collection holding it has
+            // committed (row gone: collected) or must wait for us and then see our link.
+            let q = format!("SELECT 1 AS x FROM blobs WHERE digest = $1{}", self.for_share());
+            if sqlx::query(AssertSqlSafe(q)).bind(digest.as_str()).fetch_optional(&mut *tx).await?.is_none() {
+                return Err(MetaError::Collected(digest.to_string()));
+            }
+            // After the lock: a collection of this digest has committed its tombstone (or not begun).
             let collected = sqlx::query("SELECT 1 AS x FROM blob_tombstones WHERE digest = $1 AND id > $2")
                 .bind(digest.as_str())
                 .bind(mark)
