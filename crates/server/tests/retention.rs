@@ -226,10 +226,19 @@ async fn retention_runs_on_its_schedule_until_shutdown() {
         assert!(tokio::time::Instant::now() < deadline, "the background run never deleted the old tag");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The run deletes the tag, then its manifest, in separate transactions: the tag list can
+    // change before the second deletion lands, so wait for both events.
+    let audit = loop {
+        let audit = t.get("/admin/audit?repository=apps/bg&action=delete").await.json();
+        if audit["events"].as_array().expect("events").len() >= 2 {
+            break audit;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the manifest was never deleted: {audit}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops on cancel").expect("task");
     // Its events carry one request id per run.
-    let audit = t.get("/admin/audit?repository=apps/bg&action=delete").await.json();
     let events = audit["events"].as_array().expect("events");
     assert_eq!(events.len(), 2, "the tag and its manifest: {audit}");
     assert!(events.iter().all(|e| e["request_id"].as_str().is_some_and(|id| id.starts_with("retention-"))), "{audit}");
