@@ -9,6 +9,7 @@ mod import;
 mod lifecycle;
 mod migrate;
 mod usage;
+mod users;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,6 +96,11 @@ enum Command {
     Import {
         #[command(subcommand)]
         command: import::ImportCommand,
+    },
+    /// Manage the users of password logins (an htpasswd file; a running server re-reads it).
+    User {
+        #[command(subcommand)]
+        command: users::UserCommand,
     },
 }
 
@@ -191,6 +197,7 @@ fn main() -> std::process::ExitCode {
         Command::Retention { command } => lifecycle::retention(command),
         Command::Migrate(args) => migrate::main(args),
         Command::Import { command } => import::main(command),
+        Command::User { command } => users::main(command),
     }
 }
 

@@ -1,0 +1,107 @@
+//! `berth user add|remove|list` as a user runs them: the binary writes an htpasswd file that
+//! Apache's `htpasswd -v` accepts, lists it, and removes users.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn berth(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("BERTH_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.spawn().expect("run berth");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    let out = child.wait_with_output().expect("wait for berth");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Apache's `htpasswd -vb`: `None` when it is not installed (skipped), except on CI, where that
+/// fails the test instead of silently checking nothing.
+fn apache_verify(file: &Path, user: &str, password: &str) -> Option<bool> {
+    match Command::new("htpasswd").arg("-vb").arg(file).args([user, password]).output() {
+        Ok(out) => Some(out.status.success()),
+        Err(_) => {
+            assert!(std::env::var_os("CI").is_none(), "CI is set but `htpasswd` is not installed (Debian: apt-get install apache2-utils)");
+            eprintln!("skipping the htpasswd -v checks: `htpasswd` not installed (apache2-utils)");
+            None
+        }
+    }
+}
+
+#[test]
+fn add_list_verify_remove() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("htpasswd");
+    let f = file.to_str().expect("utf-8 path");
+
+    let (ok, _, err) = berth(&["user", "add", "alice", "--file", f, "--password-stdin", "--cost", "5"], Some("correct horse\n"));
+    assert!(ok, "{err}");
+    assert!(err.contains("added user alice"), "{err}");
+    let (ok, _, err) = berth(&["user", "add", "bob", "--file", f, "--password-stdin"], Some("battery staple\r\n"));
+    assert!(ok, "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&file).expect("stat").permissions().mode() & 0o777, 0o600);
+    }
+    let text = std::fs::read_to_string(&file).expect("read");
+    assert!(text.starts_with("alice:$2y$05$") && text.contains("\nbob:$2y$10$"), "{text}");
+
+    let (ok, out, err) = berth(&["user", "list", "--file", f], None);
+    assert!(ok, "{err}");
+    assert_eq!(out, "alice\nbob\n");
+
+    if let Some(v) = apache_verify(&file, "alice", "correct horse") {
+        assert!(v, "htpasswd -v refused alice's password");
+        assert_eq!(apache_verify(&file, "bob", "battery staple"), Some(true), "the \\r\\n is not part of the password");
+        assert_eq!(apache_verify(&file, "alice", "wrong"), Some(false));
+    }
+
+    // Setting the password again replaces it.
+    let (ok, _, err) = berth(&["user", "add", "alice", "--file", f, "--password-stdin", "--cost", "4"], Some("new one\n"));
+    assert!(ok && err.contains("updated the password of user alice"), "{err}");
+    if apache_verify(&file, "alice", "new one").is_some() {
+        assert_eq!(apache_verify(&file, "alice", "correct horse"), Some(false));
+        assert_eq!(apache_verify(&file, "alice", "new one"), Some(true));
+    }
+
+    let (ok, _, err) = berth(&["user", "remove", "alice", "--file", f], None);
+    assert!(ok && err.contains("removed user alice"), "{err}");
+    let (ok, out, _) = berth(&["user", "list", "--file", f], None);
+    assert!(ok);
+    assert_eq!(out, "bob\n");
+    let (ok, _, err) = berth(&["user", "remove", "alice", "--file", f], None);
+    assert!(!ok && err.contains("no user \"alice\""), "{err}");
+}
+
+#[test]
+fn refuses_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("htpasswd");
+    let f = file.to_str().expect("utf-8 path");
+    let (ok, _, err) = berth(&["user", "add", "a:b", "--file", f, "--password-stdin"], Some("pw\n"));
+    assert!(!ok && err.contains("invalid user name"), "{err}");
+    let (ok, _, err) = berth(&["user", "add", "alice", "--file", f, "--password-stdin"], Some("\n"));
+    assert!(!ok && err.contains("no password"), "{err}");
+    // Without --password-stdin and without a terminal there is nobody to ask.
+    let (ok, _, err) = berth(&["user", "add", "alice", "--file", f], Some("pw\n"));
+    assert!(!ok && err.contains("--password-stdin"), "{err}");
+    let (ok, _, err) = berth(&["user", "add", "alice", "--file", f, "--password-stdin", "--cost", "3"], Some("pw\n"));
+    assert!(!ok && err.contains("--cost"), "{err}");
+    assert!(!file.exists(), "nothing was written");
+    let (ok, _, err) = berth(&["user", "list", "--file", f], None);
+    assert!(!ok && err.contains("htpasswd"), "{err}");
+    // A file with a non-bcrypt hash is refused, naming the line, and left alone.
+    std::fs::write(&file, "# users\nold:$apr1$salt$hash\n").expect("write");
+    let (ok, _, err) = berth(&["user", "add", "alice", "--file", f, "--password-stdin"], Some("pw\n"));
+    assert!(!ok && err.contains("line 2 (user \"old\")"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), "# users\nold:$apr1$salt$hash\n");
+}
