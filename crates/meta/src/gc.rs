@@ -27,6 +27,17 @@
 //!    and collected again), that collection's delete may have removed the new copy, so the push
 //!    fails cleanly (503, the client retries) instead of recording bytes that are gone.
 //!
+//! 0. **Untagged manifests** (only with `gc.untagged.enabled`, before the links).
+//!    [`MetaStore::gc_untagged_candidates`] lists manifests with no tag, in no index of their
+//!    repository, not a referrer of a manifest still there, that lost what kept them (a tag
+//!    moved away or deleted, their index or subject deleted: `manifests.untagged_at`, set by
+//!    those writers) or were pushed, if nothing ever kept them, before the cutoff.
+//!    [`MetaStore::gc_delete_untagged`] deletes each with the protocol of
+//!    `MetaStore::delete_untagged_manifest` (decide, lock the blob links of everything decided,
+//!    decide again), the age part of both decisions and of the `DELETE` itself, so a tag or a
+//!    PUT of the manifest racing the deletion keeps it. Its links' grace period starts then:
+//!    steps 1 and 2 free the blobs later, as after a manifest DELETE.
+//!
 //! Nothing is ever decided from a walk of the blob storage.
 
 use oci::Digest;

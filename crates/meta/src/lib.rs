@@ -23,7 +23,7 @@ pub mod testsuite_lifecycle;
 pub use events::{Delivery, EndpointStatus, Event, EventFilter, NewEvent};
 pub use fsck::{BlobUse, UnrecordedClaim};
 pub use gc::{BlobCandidate, LinkCandidate};
-pub use lifecycle::{DeletedManifest, KeptBecause, RepositoryDeletion, RepositorySummary, Role, TagInfo, UntaggedOutcome};
+pub use lifecycle::{DeletedManifest, KeptBecause, RepositoryDeletion, RepositorySummary, Role, TagInfo, UntaggedCandidate, UntaggedOutcome};
 pub use quota::{COUNTER_MAX_AGE_MS, NamespaceUsage, Quota};
 pub use store::{
     Dedup, MetaStore, NewManifest, Referrer, RepoUsage, StorageTotals, StoredManifest, TagPage, UploadSession, UploadUpdate,

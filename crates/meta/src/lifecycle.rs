@@ -81,6 +81,9 @@ pub enum KeptBecause {
     InIndex { manifest: Digest, index: Digest },
     /// What keeps it changed while it was being deleted; the next run decides again.
     Changed,
+    /// It (or a referrer of it) lost what kept it, or was pushed, too recently for
+    /// `gc.untagged.older_than`.
+    Recent { manifest: Digest },
 }
 
 impl std::fmt::Display for KeptBecause {
@@ -90,8 +93,19 @@ impl std::fmt::Display for KeptBecause {
             KeptBecause::Tagged { manifest, tag } => write!(f, "{manifest} is tagged {tag}"),
             KeptBecause::InIndex { manifest, index } => write!(f, "{manifest} is listed by index {index}"),
             KeptBecause::Changed => write!(f, "changed while being deleted"),
+            KeptBecause::Recent { manifest } => write!(f, "{manifest} was untagged or pushed too recently"),
         }
     }
+}
+
+/// An untagged manifest garbage collection may delete (see
+/// [`MetaStore::gc_untagged_candidates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UntaggedCandidate {
+    pub repository_id: i64,
+    /// The repository's name as stored.
+    pub repository: String,
+    pub digest: Digest,
 }
 
 /// The outcome of [`MetaStore::delete_untagged_manifest`].
@@ -258,6 +272,32 @@ impl MetaStore {
         digest: &Digest,
         event: &(dyn Fn(&DeletedManifest) -> NewEvent + Sync),
     ) -> Result<UntaggedOutcome> {
+        self.delete_unkept(repo, digest, None, event).await
+    }
+
+    /// [`MetaStore::delete_untagged_manifest`] for garbage collection (`gc.untagged`): also
+    /// keeps the manifest unless it, and every referrer and child deleted with it, lost what
+    /// kept it (or was pushed, if nothing ever did) before `cutoff_ms` (`untagged_at`, else
+    /// `created_at`). Checked in both passes, so a PUT of the manifest again (which waits on
+    /// its blob links) or a tag moved away from it meanwhile keeps it; a younger child simply
+    /// stays, a younger referrer keeps its subject.
+    pub async fn gc_delete_untagged(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        cutoff_ms: i64,
+        event: &(dyn Fn(&DeletedManifest) -> NewEvent + Sync),
+    ) -> Result<UntaggedOutcome> {
+        self.delete_unkept(repo, digest, Some(cutoff_ms), event).await
+    }
+
+    async fn delete_unkept(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        cutoff_ms: Option<i64>,
+        event: &(dyn Fn(&DeletedManifest) -> NewEvent + Sync),
+    ) -> Result<UntaggedOutcome> {
         let mut tx = self.begin_write().await?;
         let Some(row) = sqlx::query("SELECT id FROM repositories WHERE name = $1").bind(repo.as_str()).fetch_optional(&mut *tx).await? else {
             return Ok(UntaggedOutcome::Kept(KeptBecause::Gone));
@@ -266,7 +306,7 @@ impl MetaStore {
         // Decide, lock the blob links of everything decided (in digest order, as a manifest
         // PUT share-locks them), then decide again with fresh statements: what the locks made
         // wait is seen now. Only what both passes chose is deleted.
-        let first = match unreferenced_set(&mut tx, id, digest, None).await? {
+        let first = match unreferenced_set(&mut tx, id, digest, None, cutoff_ms).await? {
             Ok(set) => set,
             Err(kept) => return Ok(UntaggedOutcome::Kept(kept)),
         };
@@ -285,7 +325,7 @@ impl MetaStore {
             q.fetch_all(&mut *tx).await?;
         }
         let allowed: HashSet<&str> = digests.iter().copied().collect();
-        let set = match unreferenced_set(&mut tx, id, digest, Some(&allowed)).await? {
+        let set = match unreferenced_set(&mut tx, id, digest, Some(&allowed), cutoff_ms).await? {
             Ok(set) => set,
             Err(kept) => return Ok(UntaggedOutcome::Kept(kept)),
         };
@@ -302,8 +342,21 @@ impl MetaStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            // With a cutoff, the age is a condition of the delete itself: on PostgreSQL it is
+            // evaluated again after waiting on a writer holding the row (a PUT of an index's
+            // child again, which locks no blob link), so such a PUT is never lost.
+            let gone = sqlx::query("DELETE FROM manifests WHERE repository_id = $1 AND digest = $2 AND COALESCE(untagged_at, created_at) < $3")
+                .bind(id)
+                .bind(m.digest.as_str())
+                .bind(cutoff_ms.unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if gone == 0 {
+                // Rolled back: the next run decides again.
+                return Ok(UntaggedOutcome::Kept(KeptBecause::Changed));
+            }
             for stmt in [
-                "DELETE FROM manifests WHERE repository_id = $1 AND digest = $2",
                 "DELETE FROM manifest_blobs WHERE repository_id = $1 AND manifest_digest = $2",
                 "DELETE FROM manifest_children WHERE repository_id = $1 AND parent_digest = $2",
             ] {
@@ -317,9 +370,58 @@ impl MetaStore {
     }
 }
 
+impl MetaStore {
+    /// Up to `limit` manifests after `after` (keyset: repository id, digest) that garbage
+    /// collection of untagged manifests may delete: no tag points at one, no index of its
+    /// repository lists it, it is not a referrer whose subject is still in the repository, and
+    /// it lost what kept it (or, if nothing ever did, was pushed) before `cutoff_ms`. Whether
+    /// each goes, and with what, is decided under locks by [`MetaStore::gc_delete_untagged`].
+    pub async fn gc_untagged_candidates(&self, cutoff_ms: i64, after: Option<&UntaggedCandidate>, limit: u32) -> Result<Vec<UntaggedCandidate>> {
+        let (after_repo, after_digest) = after.map_or((-1, ""), |c| (c.repository_id, c.digest.as_str()));
+        let rows = sqlx::query(
+            "SELECT m.repository_id AS rid, r.name AS name, m.digest AS digest FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE COALESCE(m.untagged_at, m.created_at) < $1 \
+             AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = m.repository_id AND t.manifest_digest = m.digest) \
+             AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.repository_id = m.repository_id AND c.child_digest = m.digest) \
+             AND (m.subject IS NULL OR NOT EXISTS (SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id AND s.digest = m.subject)) \
+             AND (m.repository_id > $2 OR (m.repository_id = $2 AND m.digest > $3)) \
+             ORDER BY m.repository_id, m.digest LIMIT $4",
+        )
+        .bind(cutoff_ms)
+        .bind(after_repo)
+        .bind(after_digest)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(|r| Ok(UntaggedCandidate { repository_id: r.try_get("rid")?, repository: r.try_get("name")?, digest: parse(r, "digest")? })).collect()
+    }
+
+    /// What [`MetaStore::gc_delete_untagged`] would delete now, changing nothing (a dry run).
+    pub async fn gc_untagged_plan(&self, repo: &RepoName, digest: &Digest, cutoff_ms: i64) -> Result<UntaggedOutcome> {
+        let mut tx: Tx = self.read.begin().await?;
+        let Some(row) = sqlx::query("SELECT id FROM repositories WHERE name = $1").bind(repo.as_str()).fetch_optional(&mut *tx).await? else {
+            return Ok(UntaggedOutcome::Kept(KeptBecause::Gone));
+        };
+        let id: i64 = row.try_get("id")?;
+        let out = match unreferenced_set(&mut tx, id, digest, None, Some(cutoff_ms)).await? {
+            Ok(set) => UntaggedOutcome::Deleted(set),
+            Err(kept) => UntaggedOutcome::Kept(kept),
+        };
+        tx.rollback().await?;
+        Ok(out)
+    }
+}
+
 /// The manifests deleting `root` takes with it (root first), or why it must stay. With
 /// `allowed`, a manifest outside it is treated as kept. Reads only.
-async fn unreferenced_set(tx: &mut Tx, repo_id: i64, root: &Digest, allowed: Option<&HashSet<&str>>) -> Result<Result<Vec<DeletedManifest>, KeptBecause>> {
+/// With `cutoff`, a manifest that lost what kept it (or was pushed) at or after it is kept.
+async fn unreferenced_set(
+    tx: &mut Tx,
+    repo_id: i64,
+    root: &Digest,
+    allowed: Option<&HashSet<&str>>,
+    cutoff: Option<i64>,
+) -> Result<Result<Vec<DeletedManifest>, KeptBecause>> {
     let mut chosen: Vec<DeletedManifest> = Vec::new();
     let mut in_set: HashSet<Digest> = HashSet::new();
     let mut work = vec![(root.clone(), Role::Root)];
@@ -335,7 +437,11 @@ async fn unreferenced_set(tx: &mut Tx, repo_id: i64, root: &Digest, allowed: Opt
             if in_set.contains(&d) || group.iter().any(|(g, _, _)| *g == d) {
                 continue;
             }
-            let found = sqlx::query("SELECT media_type FROM manifests WHERE repository_id = $1 AND digest = $2").bind(repo_id).bind(d.as_str()).fetch_optional(&mut **tx).await?;
+            let found = sqlx::query("SELECT media_type, COALESCE(untagged_at, created_at) AS since FROM manifests WHERE repository_id = $1 AND digest = $2")
+                .bind(repo_id)
+                .bind(d.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
             let Some(found) = found else {
                 if r == Role::Root {
                     verdict = Err(KeptBecause::Gone);
@@ -347,6 +453,13 @@ async fn unreferenced_set(tx: &mut Tx, repo_id: i64, root: &Digest, allowed: Opt
                 // Not locked in the first pass: something changed; leave it for the next run.
                 verdict = Err(KeptBecause::Changed);
                 break;
+            }
+            if let Some(c) = cutoff {
+                let since: i64 = found.try_get("since")?;
+                if since >= c {
+                    verdict = Err(KeptBecause::Recent { manifest: d.clone() });
+                    break;
+                }
             }
             group.push((d.clone(), found.try_get("media_type")?, r));
             let referrers = sqlx::query("SELECT digest FROM manifests WHERE repository_id = $1 AND subject = $2 ORDER BY digest").bind(repo_id).bind(d.as_str()).fetch_all(&mut **tx).await?;

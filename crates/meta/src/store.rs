@@ -488,12 +488,32 @@ impl MetaStore {
         if inserted > 0 {
             Self::insert_refs(&mut tx, "manifest_blobs", "manifest_digest", "blob_digest", repo_id, m.digest, &m.blobs).await?;
             Self::insert_refs(&mut tx, "manifest_children", "parent_digest", "child_digest", repo_id, m.digest, &m.children).await?;
+        } else if tags.is_empty() {
+            // Pushed again untagged (say, as a child before its index): its age for
+            // `gc.untagged` counts from now, like a new one's.
+            sqlx::query("UPDATE manifests SET untagged_at = $3 WHERE repository_id = $1 AND digest = $2").bind(repo_id).bind(m.digest.as_str()).bind(now).execute(&mut *tx).await?;
         }
         // Tags are upserted in one global order (byte order, duplicates once) so that writers
         // racing on the same tags lock their rows in the same order and cannot deadlock.
         let mut tags: Vec<&Tag> = tags.iter().collect();
         tags.sort_unstable();
         tags.dedup();
+        // The manifests the tags move away from lost a tag now (see `untagged_at`), marked in
+        // one statement (immutable tags do not move).
+        let movable: Vec<&str> = tags.iter().filter(|t| !immutable.contains(**t)).map(|t| t.as_str()).collect();
+        if !movable.is_empty() {
+            let list: Vec<String> = (0..movable.len()).map(|i| format!("${}", i + 4)).collect();
+            let sql = format!(
+                "UPDATE manifests SET untagged_at = $3 WHERE repository_id = $1 AND digest <> $2 AND digest IN \
+                 (SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name IN ({}))",
+                list.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(repo_id).bind(m.digest.as_str()).bind(now);
+            for t in &movable {
+                q = q.bind(*t);
+            }
+            q.execute(&mut *tx).await?;
+        }
         for tag in tags {
             let guarded = immutable.contains(tag);
             let upsert = if guarded {
@@ -625,6 +645,18 @@ impl MetaStore {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
+        if deleted > 0 {
+            // Its children and referrers lost what kept them now (see `untagged_at`).
+            sqlx::query(
+                "UPDATE manifests SET untagged_at = $3 WHERE repository_id = $1 AND (subject = $2 OR digest IN \
+                 (SELECT child_digest FROM manifest_children WHERE repository_id = $1 AND parent_digest = $2))",
+            )
+            .bind(repo_id)
+            .bind(digest.as_str())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
         for stmt in [
             "DELETE FROM tags WHERE repository_id = $1 AND manifest_digest = $2",
             "DELETE FROM manifest_blobs WHERE repository_id = $1 AND manifest_digest = $2",
@@ -642,6 +674,16 @@ impl MetaStore {
     /// Delete one tag. Returns whether it existed.
     pub async fn delete_tag(&self, repo: &RepoName, tag: &Tag, events: &[NewEvent]) -> Result<bool> {
         let mut tx = self.begin_write().await?;
+        // The manifest it pointed at lost a tag now (see `untagged_at`).
+        sqlx::query(
+            "UPDATE manifests SET untagged_at = $3 WHERE repository_id = (SELECT id FROM repositories WHERE name = $1) AND digest = \
+             (SELECT t.manifest_digest FROM tags t JOIN repositories r ON r.id = t.repository_id WHERE r.name = $1 AND t.name = $2)",
+        )
+        .bind(repo.as_str())
+        .bind(tag.as_str())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
         let r = sqlx::query("DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)")
             .bind(repo.as_str())
             .bind(tag.as_str())

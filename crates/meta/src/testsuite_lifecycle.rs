@@ -168,3 +168,114 @@ pub async fn run(m: &MetaStore) {
     m.link_blob(&app, &l1, 3, None, &[]).await.expect("push again");
     assert_eq!(m.repository_summary(&app).await.expect("q").expect("repo"), crate::RepositorySummary { blob_links: 1, ..Default::default() });
 }
+
+/// Garbage collection of untagged manifests (`gc.untagged`): which manifests are candidates,
+/// how their age counts (`untagged_at`, set when a tag or keeper leaves them), and that the
+/// deletion re-checks the age. Run on a fresh, empty database.
+pub async fn run_untagged_gc(m: &MetaStore) {
+    const DAY: i64 = 86_400_000;
+    let app = repo("gcu/app");
+    let blob = |s: &str| Digest::sha256_of(s.as_bytes());
+    let (cfg, layer) = (blob("gcu-cfg"), blob("gcu-layer"));
+    for d in [&cfg, &layer] {
+        m.link_blob(&app, d, 3, None, &[]).await.expect("link");
+    }
+    let now = crate::events::now_ms();
+    let cutoff = now - 7 * DAY;
+    // Pushed (and, with NULL, never untagged since) 30 days ago.
+    let age = |d: Digest| async move {
+        sqlx::query("UPDATE manifests SET created_at = $1, untagged_at = NULL WHERE digest = $2").bind(now - 30 * DAY).bind(d.as_str()).execute(&m.write).await.expect("age");
+    };
+    let candidates = || async {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            // Pages of 2: the keyset walk must not skip or repeat anything.
+            let page = m.gc_untagged_candidates(cutoff, after.as_ref(), 2).await.expect("candidates");
+            all.extend(page.iter().map(|c| c.digest.clone()));
+            match page.last() {
+                Some(last) if page.len() == 2 => after = Some(last.clone()),
+                _ => break,
+            }
+        }
+        all.sort();
+        all
+    };
+    let sorted = |mut v: Vec<Digest>| {
+        v.sort();
+        v
+    };
+    let ev = event(&app);
+
+    let old = put(m, &app, "old", &[&cfg, &layer], &[], None, &[]).await;
+    let tagged = put(m, &app, "tagged", &[&cfg], &[], None, &["keep"]).await;
+    let child = put(m, &app, "child", &[&cfg], &[], None, &[]).await;
+    let index = put(m, &app, "index", &[], &[&child], None, &["multi"]).await;
+    let live_ref = put(m, &app, "live-ref", &[&cfg], &[], Some(&tagged), &[]).await;
+    let doomed = put(m, &app, "doomed", &[&cfg], &[], None, &["doomed"]).await;
+    let orphan_ref = put(m, &app, "orphan-ref", &[&cfg], &[], Some(&doomed), &[]).await;
+    let young = put(m, &app, "young", &[&cfg], &[], None, &[]).await;
+    let moved = put(m, &app, "moved", &[&cfg], &[], None, &["moving"]).await;
+    let untagged_now = put(m, &app, "untagged-now", &[&cfg], &[], None, &["bye"]).await;
+    let loose_index = put(m, &app, "loose-index", &[], &[&old], None, &[]).await;
+    for d in [&old, &tagged, &child, &index, &live_ref, &doomed, &orphan_ref, &moved, &untagged_now, &loose_index] {
+        age(d.clone()).await;
+    }
+    // Only the untagged index qualifies now: `old` is listed by it, the rest are tagged, in a
+    // tagged index, referrers of a live subject, or young.
+    assert_eq!(candidates().await, [loose_index.clone()]);
+
+    // Losing the last tag (moved away or deleted) restarts the clock; so does a PUT again.
+    let _newer = put(m, &app, "newer", &[&cfg], &[], None, &["moving"]).await;
+    assert!(m.delete_tag(&app, &tag("bye"), &[]).await.expect("untag"));
+    assert!(m.manifest_by_digest(&app, &moved).await.expect("q").is_some());
+    assert_eq!(candidates().await, [loose_index.clone()], "a manifest that lost its tag just now is kept");
+    let since = |d: Digest| async move {
+        sqlx::query("SELECT untagged_at FROM manifests WHERE digest = $1").bind(d.as_str()).fetch_one(&m.read).await.expect("q").try_get::<Option<i64>, _>("untagged_at").expect("col")
+    };
+    assert!(since(moved.clone()).await.is_some_and(|t| t >= now) && since(untagged_now.clone()).await.is_some_and(|t| t >= now));
+    assert_eq!(m.gc_delete_untagged(&app, &moved, cutoff, &ev).await.expect("q"), UntaggedOutcome::Kept(KeptBecause::Recent { manifest: moved.clone() }));
+    assert_eq!(m.gc_delete_untagged(&app, &young, cutoff, &ev).await.expect("q"), UntaggedOutcome::Kept(KeptBecause::Recent { manifest: young.clone() }));
+
+    // A referrer of a deleted subject lost its keeper at the deletion: collected once that is
+    // old enough, like any untagged manifest.
+    assert!(m.delete_manifest(&app, &doomed, &[]).await.expect("delete"));
+    assert!(!candidates().await.contains(&orphan_ref), "its subject went just now");
+    age(orphan_ref.clone()).await;
+    assert_eq!(candidates().await, sorted(vec![loose_index.clone(), orphan_ref.clone()]));
+
+    // The dry run's plan changes nothing; the deletion takes the index with the child only it kept.
+    assert_eq!(deleted(&m.gc_untagged_plan(&app, &loose_index, cutoff).await.expect("plan")), [(loose_index.clone(), Role::Root), (old.clone(), Role::Child)]);
+    assert!(m.manifest_by_digest(&app, &loose_index).await.expect("q").is_some());
+    assert_eq!(deleted(&m.gc_delete_untagged(&app, &loose_index, cutoff, &ev).await.expect("q")), [(loose_index.clone(), Role::Root), (old.clone(), Role::Child)]);
+    assert_eq!(deleted(&m.gc_delete_untagged(&app, &orphan_ref, cutoff, &ev).await.expect("q")), [(orphan_ref.clone(), Role::Root)]);
+    assert!(candidates().await.is_empty());
+    for gone in [&loose_index, &old, &orphan_ref] {
+        assert!(m.manifest_by_digest(&app, gone).await.expect("q").is_none());
+    }
+    for kept in [&tagged, &child, &index, &live_ref, &young, &moved, &untagged_now] {
+        assert!(m.manifest_by_digest(&app, kept).await.expect("q").is_some(), "{kept} stays");
+    }
+
+    // An old untagged subject with a young referrer stays (the referrer may be a fresh
+    // signature of an image still in use); a child pushed again meanwhile stays too.
+    let subject = put(m, &app, "subject", &[&cfg], &[], None, &[]).await;
+    age(subject.clone()).await;
+    let fresh_sig = put(m, &app, "fresh-sig", &[&cfg], &[], Some(&subject), &[]).await;
+    assert_eq!(candidates().await, [subject.clone()]);
+    assert_eq!(m.gc_delete_untagged(&app, &subject, cutoff, &ev).await.expect("q"), UntaggedOutcome::Kept(KeptBecause::Recent { manifest: fresh_sig.clone() }));
+    age(fresh_sig.clone()).await;
+    let c = put(m, &app, "c", &[&cfg], &[], None, &[]).await;
+    let idx = put(m, &app, "idx", &[], &[&c], None, &[]).await;
+    age(c.clone()).await;
+    age(idx.clone()).await;
+    let _ = put(m, &app, "c", &[&cfg], &[], None, &[]).await;
+    assert_eq!(deleted(&m.gc_delete_untagged(&app, &idx, cutoff, &ev).await.expect("q")), [(idx.clone(), Role::Root)], "the child pushed again stays");
+    assert!(m.manifest_by_digest(&app, &c).await.expect("q").is_some());
+    assert_eq!(
+        deleted(&m.gc_delete_untagged(&app, &subject, cutoff, &ev).await.expect("q")),
+        [(subject.clone(), Role::Root), (fresh_sig.clone(), Role::Referrer)]
+    );
+    let events = m.events(&crate::EventFilter { repository: Some("gcu/app".into()), action: Some("delete".into()), limit: 100, ..Default::default() }).await.expect("events");
+    assert_eq!(events.iter().filter(|e| e.digest.is_some()).count(), 6, "one event per deleted manifest");
+}

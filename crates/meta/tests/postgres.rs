@@ -129,6 +129,16 @@ async fn postgres_passes_the_lifecycle_suite() {
 }
 
 #[tokio::test]
+async fn postgres_passes_the_untagged_gc_suite() {
+    let Some(server) = server_url() else { return };
+    let db = TestDb::create(&server).await;
+    let store = MetaStore::connect_postgres(&db.url, 8).await.expect("connect");
+    meta::testsuite_lifecycle::run_untagged_gc(&store).await;
+    store.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::test]
 async fn postgres_passes_the_metadata_suite() {
     let Some(server) = server_url() else { return };
     let db = TestDb::create_with(&server, true).await;

@@ -31,3 +31,10 @@ async fn sqlite_passes_the_lifecycle_suite() {
     let store = meta::MetaStore::open_sqlite(&dir.path().join("meta.db"), false).await.expect("open");
     meta::testsuite_lifecycle::run(&store).await;
 }
+
+#[tokio::test]
+async fn sqlite_passes_the_untagged_gc_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = meta::MetaStore::open_sqlite(&dir.path().join("meta.db"), false).await.expect("open");
+    meta::testsuite_lifecycle::run_untagged_gc(&store).await;
+}
