@@ -29,7 +29,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 if [ "$want_clients" = 1 ]; then
     section "installing the real clients (apt) when missing"
-    tests/clients/install.sh tools skopeo podman buildah umoci dockerd docker containerd ctr curl python3 timeout docker-registry nginx psql jq
+    tests/clients/install.sh tools skopeo podman buildah umoci dockerd docker containerd ctr curl python3 timeout docker-registry nginx psql jq htpasswd openssl
 fi
 
 # Shared services start once per run, while the build runs (they take ~20 s, mostly Ceph);

@@ -17,6 +17,7 @@ pkg_of() {
         python3) echo python3 ;;
         psql) echo postgresql-client ;;
         nginx) echo nginx-light ;;
+        htpasswd) echo apache2-utils ;;
         *) echo "$1" ;;
     esac
 }

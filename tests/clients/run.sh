@@ -9,8 +9,9 @@
 #   tests/clients/run.sh --url 127.0.0.1:5000       # a registry that is already running
 #
 # Options:
-#   --only docker,podman,buildah,skopeo,containerd,oras,gc   clients to run (default: all;
-#                            gc: berth's garbage collection under real clients, --target berth only)
+#   --only docker,podman,buildah,skopeo,containerd,oras,gc,auth   clients to run (default: all;
+#                            gc: berth's garbage collection under real clients; auth: TLS, users,
+#                            basic and token auth, policy; both --target berth only)
 #   --step-timeout SECONDS   bound on every client command (default 120)
 #   --registry-log FILE      with --url: the registry's log, shown when a step fails
 #   --kill-during-push FILE  with --url to a load balancer: FILE lists the nodes behind it, one
@@ -28,7 +29,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 source "$HERE/lib.sh"
 
-ALL_CLIENTS=(docker podman buildah skopeo containerd oras gc)
+ALL_CLIENTS=(docker podman buildah skopeo containerd oras gc auth)
 TARGET=""
 BERTH_BIN=""
 URL=""
@@ -116,6 +117,7 @@ declare -A NEEDS=(
     [containerd]="containerd ctr"
     [oras]=""
     [gc]="skopeo"
+    [auth]="dockerd docker containerd ctr podman skopeo openssl"
 )
 BASE_TOOLS=(curl jq python3 timeout sha256sum umoci skopeo zstd tar)
 
@@ -872,6 +874,11 @@ test_gc() {
     step "gc: collections back to back while skopeo pushes images reusing old layers" gc_while_pushing
     step "gc: nothing unreferenced remains; every image pulls byte for byte" gc_verify
 }
+
+# ================================================================== auth (berth only)
+
+# shellcheck source=auth.sh
+source "$HERE/auth.sh"
 
 # ================================================================== main
 

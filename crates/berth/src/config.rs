@@ -18,7 +18,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+mod access;
 mod retention;
+mod tls;
+
+pub use access::{AuthMode, AuthSettings};
+pub use tls::load_tls;
 
 /// The file's shape. Every field is optional; defaults are applied in [`RawConfig::resolve`].
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +55,8 @@ pub struct RawConfig {
     pub policies: RawPolicies,
     #[serde(default)]
     pub retention: retention::RawRetention,
+    #[serde(default)]
+    pub auth: access::RawAuth,
 }
 
 /// Immutable tags and quotas (parsed into `registry::Policies` by [`resolve_policies`]).
@@ -141,6 +148,8 @@ pub struct RawBackoff {
 pub struct RawHttp {
     pub addr: Option<String>,
     pub shutdown_grace: Option<Value>,
+    #[serde(default)]
+    pub tls: tls::RawTls,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +233,10 @@ pub struct RawSqlite {
 pub struct RawUploads {
     pub expiry: Option<Value>,
     pub sweep_interval: Option<Value>,
+    /// Upload requests in progress at once on a node, per user and in total (0 or absent: no
+    /// limit); beyond them clients get 429 with `Retry-After`.
+    pub max_concurrent_per_user: Option<u64>,
+    pub max_concurrent: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -252,6 +265,8 @@ pub enum LogFormat {
 pub struct Config {
     pub addr: SocketAddr,
     pub shutdown_grace: Duration,
+    /// TLS on the main listener (`None`: plain HTTP). Its files are read by [`load_tls`].
+    pub tls: Option<server::tls::TlsOptions>,
     pub data_dir: PathBuf,
     pub blob_root: PathBuf,
     pub fsync: bool,
@@ -265,6 +280,7 @@ pub struct Config {
     pub events: registry::EventsConfig,
     pub metrics: MetricsSettings,
     pub retention: registry::RetentionConfig,
+    pub auth: AuthSettings,
 }
 
 /// Where blob bytes live.
@@ -633,9 +649,11 @@ impl RawConfig {
             source: addr.to_string(),
             ..Default::default()
         };
+        let auth = access::resolve(self.auth, &data_dir, self.uploads.max_concurrent_per_user, self.uploads.max_concurrent)?;
         Ok(Config {
             addr,
             shutdown_grace,
+            tls: tls::resolve(self.http.tls)?,
             blob_root: self.storage.filesystem.root.unwrap_or_else(|| data_dir.clone()),
             fsync: self.storage.filesystem.fsync.unwrap_or(true),
             sqlite_path: self.database.sqlite.path.unwrap_or_else(|| data_dir.join("meta.db")),
@@ -659,6 +677,7 @@ impl RawConfig {
             events,
             metrics,
             retention: retention::resolve(self.retention)?,
+            auth,
         })
     }
 }

@@ -8,6 +8,7 @@ mod fsck;
 mod import;
 mod lifecycle;
 mod migrate;
+mod security;
 mod usage;
 mod users;
 
@@ -131,7 +132,9 @@ fn env_vars() -> Vec<(String, String)> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Config { command: ConfigCommand::Check { file } } => match config::load(Some(&file), env_vars(), &Overrides::default()) {
+        Command::Config { command: ConfigCommand::Check { file } } => match config::load(Some(&file), env_vars(), &Overrides::default())
+            .and_then(|c| c.tls.as_ref().map(config::load_tls).transpose().map(|_| c))
+        {
             Ok(_) => {
                 println!("{}: ok", file.display());
                 std::process::ExitCode::SUCCESS
@@ -360,6 +363,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
     }
     let metrics = cfg.metrics.enabled.then(|| server::Metrics::new(server::metrics::MetricsOptions { storage_refresh: cfg.metrics.storage_refresh }));
+    // Access control first: a missing users file or key should stop the start before anything
+    // is opened.
+    let security = Arc::new(security::build(&cfg.auth)?);
+    // The TLS files are read before anything is opened, so a bad one stops the start at once.
+    let tls = cfg.tls.as_ref().map(config::load_tls).transpose()?;
     let store = open_storage(&cfg).await?;
     // Every storage call is timed once here, for all drivers.
     let blobs: Arc<dyn storage::BlobStore> = match &metrics {
@@ -380,10 +388,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let event_tasks = registry.spawn_events(stop.clone());
     let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && !cfg.auth.enabled() {
         tracing::warn!(%addr, "listening on a non-loopback address without authentication: anyone who can reach it can push, pull and delete");
     }
-    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "berth listening");
+    if !addr.ip().is_loopback() && tls.is_none() {
+        tracing::warn!(%addr, "listening on a non-loopback address without TLS: credentials and image contents cross the network in the clear");
+    }
+    tracing::info!(%addr, tls = tls.is_some(), data_dir = %cfg.data_dir.display(), "berth listening");
     let ops = match cfg.metrics.listen {
         Some(a) => {
             let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding metrics.listen {a}"))?;
@@ -395,7 +406,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     let obs = server::Observability { metrics: metrics.clone(), metrics_on_main: cfg.metrics.listen.is_none() };
-    server::serve(listener, server::router_with(registry, obs), shutdown_signal(), cfg.shutdown_grace).await?;
+    let app = server::secured_router(registry, obs, security);
+    match tls {
+        Some(tls) => server::serve(server::TlsListener::new(listener, tls)?, app, shutdown_signal(), cfg.shutdown_grace).await?,
+        None => server::serve(listener, app, shutdown_signal(), cfg.shutdown_grace).await?,
+    }
     stop.cancel();
     if let Some(t) = ops {
         let _ = t.await;

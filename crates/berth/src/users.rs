@@ -16,9 +16,8 @@ pub(crate) enum UserCommand {
     Add {
         /// The user name (no ':', whitespace or control characters).
         name: String,
-        /// The htpasswd file (created if missing).
-        #[arg(long)]
-        file: PathBuf,
+        #[command(flatten)]
+        file: FileArgs,
         /// Read the password from the first line of standard input instead of prompting.
         #[arg(long)]
         password_stdin: bool,
@@ -29,16 +28,40 @@ pub(crate) enum UserCommand {
     /// Remove a user.
     Remove {
         name: String,
-        /// The htpasswd file.
-        #[arg(long)]
-        file: PathBuf,
+        #[command(flatten)]
+        file: FileArgs,
     },
     /// List the users, one per line.
     List {
-        /// The htpasswd file.
-        #[arg(long)]
-        file: PathBuf,
+        #[command(flatten)]
+        file: FileArgs,
     },
+}
+
+/// Which htpasswd file: `--file`, else the configuration's `auth.htpasswd` (whose default is
+/// `<data_dir>/htpasswd`, the file `berth serve` reads with the same flags).
+#[derive(clap::Args)]
+pub(crate) struct FileArgs {
+    /// The htpasswd file (created by `add` if missing).
+    #[arg(long, conflicts_with_all = ["config", "data_dir"])]
+    file: Option<PathBuf>,
+    /// Take the file from this configuration's `auth.htpasswd`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The data directory (`<data_dir>/htpasswd` unless the configuration names a file).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl FileArgs {
+    fn resolve(self) -> anyhow::Result<PathBuf> {
+        if let Some(f) = self.file {
+            return Ok(f);
+        }
+        let overrides = crate::config::Overrides { listen: None, data_dir: self.data_dir };
+        let cfg = crate::config::load(self.config.as_deref(), crate::env_vars(), &overrides)?;
+        Ok(cfg.auth.htpasswd)
+    }
 }
 
 pub(crate) fn main(command: UserCommand) -> ExitCode {
@@ -54,6 +77,10 @@ pub(crate) fn main(command: UserCommand) -> ExitCode {
 fn run(command: UserCommand) -> anyhow::Result<()> {
     match command {
         UserCommand::Add { name, file, password_stdin, cost } => {
+            let file = file.resolve()?;
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
             let password = if password_stdin { password_from_stdin()? } else { password_from_terminal()? };
             let _lock = lock(&file)?;
             let mut users = if file.exists() { Htpasswd::load(&file)? } else { Htpasswd::default() };
@@ -63,6 +90,7 @@ fn run(command: UserCommand) -> anyhow::Result<()> {
             eprintln!("{} user {name} in {}", if existed { "updated the password of" } else { "added" }, file.display());
         }
         UserCommand::Remove { name, file } => {
+            let file = file.resolve()?;
             let _lock = lock(&file)?;
             let mut users = Htpasswd::load(&file)?;
             if !users.remove(&name) {
@@ -72,6 +100,7 @@ fn run(command: UserCommand) -> anyhow::Result<()> {
             eprintln!("removed user {name} from {}", file.display());
         }
         UserCommand::List { file } => {
+            let file = file.resolve()?;
             for user in Htpasswd::load(&file)?.users() {
                 println!("{user}");
             }

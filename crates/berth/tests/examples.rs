@@ -1,5 +1,9 @@
 //! Every example configuration under the workspace's `examples/` passes `berth config check`,
 //! and `config check` rejects bad configurations naming the offending key.
+//!
+//! `config check` reads the TLS files a configuration names, so it runs in a working
+//! directory holding the ones the examples use (`tls/server.crt`, `tls/server.key`,
+//! `tls/clients-ca.crt`), made here for each run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -22,10 +26,29 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     out.sort();
 }
 
-/// `berth config check FILE` with every `BERTH_*` variable removed, then `env` added.
+/// A working directory with the TLS files the examples name: a server certificate and key
+/// from a throwaway CA, and that CA as the client CA bundle.
+fn tls_fixtures() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = dir.path().join("tls");
+    std::fs::create_dir(&tls).expect("mkdir tls");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("CA key")).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").signed_by(&key, &ca).expect("certificate");
+    for (name, text) in [("server.crt", cert.pem()), ("server.key", key.serialize_pem()), ("clients-ca.crt", ca.pem())] {
+        std::fs::write(tls.join(name), text).expect("write TLS fixture");
+    }
+    dir
+}
+
+/// `berth config check FILE` with every `BERTH_*` variable removed, then `env` added, in a
+/// working directory holding the examples' TLS files.
 fn check(file: &Path, env: &[(&str, &str)]) -> Output {
+    let cwd = tls_fixtures();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.arg("config").arg("check").arg(file);
+    cmd.arg("config").arg("check").arg(file).current_dir(cwd.path());
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("BERTH_") {
             cmd.env_remove(&key);
@@ -70,6 +93,13 @@ fn unknown_key_is_named() {
 #[test]
 fn bad_value_is_named() {
     assert_rejected("uploads:\n  expiry: soon\n", &[], "uploads.expiry");
+}
+
+#[test]
+fn tls_files_are_checked() {
+    // The shape is fine; the files are not there.
+    assert_rejected("http:\n  tls:\n    certificate: /nonexistent/server.crt\n    key: /nonexistent/server.key\n", &[], "http.tls.certificate");
+    assert_rejected("http:\n  tls:\n    certificate: tls/server.crt\n    key: tls/clients-ca.crt\n", &[], "http.tls.key");
 }
 
 #[test]

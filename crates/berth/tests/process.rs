@@ -757,3 +757,63 @@ fn sigterm_with_stuck_request_exits_within_grace() {
         assert_ne!(resp.status, 202, "a request with most of its body missing was accepted");
     }
 }
+
+// -------------------------------------------------------------------------------------------
+// 4. TLS on the main listener
+// -------------------------------------------------------------------------------------------
+
+/// `GET /v2/` over TLS (rustls, trusting only `client`'s roots); the raw response.
+fn tls_get(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> io::Result<String> {
+    use std::io::Read as _;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(io::Error::other)?;
+    let mut conn = rustls::ClientConnection::new(client.clone(), name).map_err(io::Error::other)?;
+    let mut sock = connect(addr)?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    tls.write_all(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[test]
+fn serves_tls_from_configured_files() {
+    let tmp = tempdir();
+    let data_dir = tmp.path().join("data");
+    let log = tmp.path().join("berth.log");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("CA key")).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("params").signed_by(&key, &ca).expect("certificate");
+    let (cert_file, key_file) = (tmp.path().join("server.crt"), tmp.path().join("server.key"));
+    std::fs::write(&cert_file, cert.pem()).expect("write certificate");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+    let config = tmp.path().join("berth.yaml");
+    std::fs::write(&config, format!("http:\n  tls:\n    certificate: {}\n    key: {}\n", cert_file.display(), key_file.display())).expect("write config");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("trust the CA");
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let ok = |r: &io::Result<String>| r.as_ref().is_ok_and(|r| r.starts_with("HTTP/1.1 200"));
+    let mut server = Server::start_probed(&data_dir, Some(&config), &log, &|addr| ok(&tls_get(addr, &client)));
+    let resp = tls_get(server.addr, &client);
+    assert!(ok(&resp), "GET /v2/ over TLS: {resp:?}\n{}", server.log_tail());
+    assert!(server.log().contains("tls=true") || server.log().contains("\"tls\":true"), "the listening line says TLS\n{}", server.log_tail());
+    // The port speaks only TLS.
+    let plain = request(server.addr, "GET", "/v2/", &[], b"");
+    assert!(plain.is_err(), "plain HTTP was answered on the TLS port: {plain:?}");
+
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("berth still running 30 s after SIGTERM\n{}", server.log_tail()));
+    assert!(status.success(), "berth exited with {status} after SIGTERM\n{}", server.log_tail());
+}

@@ -105,3 +105,30 @@ fn refuses_bad_input() {
     assert!(!ok && err.contains("line 2 (user \"old\")"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).expect("read"), "# users\nold:$apr1$salt$hash\n");
 }
+
+#[test]
+fn the_file_defaults_to_the_one_berth_serve_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let d = data.to_str().expect("utf-8 path");
+    // No --file: <data_dir>/htpasswd, created with its directory.
+    let (ok, _, err) = berth(&["user", "add", "alice", "--data-dir", d, "--password-stdin", "--cost", "4"], Some("pw\n"));
+    assert!(ok, "{err}");
+    assert!(data.join("htpasswd").is_file(), "{err}");
+    // With a configuration: its auth.htpasswd.
+    let other = dir.path().join("users.htpasswd");
+    let cfg = dir.path().join("berth.yaml");
+    std::fs::write(&cfg, format!("data_dir: {d}\nauth:\n  mode: basic\n  htpasswd: {}\n", other.display())).expect("config");
+    let c = cfg.to_str().expect("utf-8 path");
+    let (ok, _, err) = berth(&["user", "add", "bob", "--config", c, "--password-stdin", "--cost", "4"], Some("pw\n"));
+    assert!(ok, "{err}");
+    let (ok, out, err) = berth(&["user", "list", "--config", c], None);
+    assert!(ok, "{err}");
+    assert_eq!(out, "bob\n");
+    let (ok, out, _) = berth(&["user", "list", "--data-dir", d], None);
+    assert!(ok);
+    assert_eq!(out, "alice\n");
+    // --file and --config together are a mistake, said so.
+    let (ok, _, err) = berth(&["user", "list", "--file", "x", "--config", c], None);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+}

@@ -27,6 +27,9 @@ pub enum ErrorCode {
     QueryInvalid,
     Unauthorized,
     Denied,
+    /// A token that does not grant what the request needs: reported as `DENIED`, but with 401
+    /// and a challenge naming the scope, so the client fetches a token for it.
+    InsufficientScope,
     Unsupported,
     TooManyRequests,
     /// A route that does not exist.
@@ -56,7 +59,7 @@ impl ErrorCode {
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::QueryInvalid => "QUERY_INVALID",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
-            ErrorCode::Denied => "DENIED",
+            ErrorCode::Denied | ErrorCode::InsufficientScope => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::NotFound => "NOT_FOUND",

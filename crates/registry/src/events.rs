@@ -278,6 +278,36 @@ impl Registry {
         }
     }
 
+    /// Record an access-control event for the audit log and webhooks: `login`, `login_failed`,
+    /// or a refusal (`denied_pull`, `denied_push`, `denied_delete`, `denied_catalog`,
+    /// `denied_admin`, `denied_login`). Like a pull it is recorded off the request path, in
+    /// batches: a refused request must not cost a write transaction of its own, or a flood of
+    /// them would be a cheap way to load the database.
+    pub fn record_access_event(&self, action: &'static str, repo: Option<&RepoName>, user: Option<&str>) {
+        let ctx = REQUEST.try_with(Clone::clone).unwrap_or_default();
+        let repository = repo.map_or("", RepoName::as_str);
+        let endpoints = self.inner.events.config.endpoints.iter().filter(|e| e.wants(action, repository)).map(|e| e.name.clone()).collect();
+        let event = NewEvent {
+            time_ms: meta_now(),
+            action,
+            repository: repository.to_owned(),
+            digest: None,
+            tag: None,
+            media_type: None,
+            size: None,
+            from_repository: None,
+            actor: user.map(str::to_owned).or(ctx.actor),
+            address: ctx.address,
+            request_id: (!ctx.request_id.is_empty()).then_some(ctx.request_id),
+            user_agent: ctx.user_agent,
+            method: (!ctx.method.is_empty()).then_some(ctx.method),
+            endpoints,
+        };
+        if self.inner.events.pulls.try_send(event).is_err() {
+            tracing::warn!(action, "the event recorder is behind; an access event was dropped");
+        }
+    }
+
     /// Start the background tasks of the events system: the pull recorder, the audit writer
     /// and one delivery worker per webhook endpoint. They stop when `shutdown` is cancelled
     /// (the pull recorder flushes what it holds first).

@@ -193,6 +193,41 @@ impl Registry {
         Ok(paginate(page, n, limit))
     }
 
+    /// A catalog page of only the repositories `visible` accepts (access control's filter): the
+    /// index is read in pages until this one is full, so a caller who may see few
+    /// repositories still gets full pages and a `Link` only when more visible names may follow.
+    pub async fn catalog_filtered(&self, n: Option<u32>, last: Option<&str>, visible: &(dyn Fn(&str) -> bool + Sync)) -> Result<Page> {
+        let limit = n.unwrap_or(DEFAULT_CATALOG_PAGE).min(MAX_PAGE);
+        if limit == 0 {
+            return Ok(Page { names: Vec::new(), next: None });
+        }
+        let mut names = Vec::new();
+        let mut cursor = last.map(str::to_owned);
+        loop {
+            let page = self.inner.meta.list_repositories(cursor.as_deref(), MAX_PAGE).await?;
+            let scanned_all = !page.more;
+            cursor = page.names.last().cloned();
+            let mut rest = page.names.into_iter();
+            for name in rest.by_ref() {
+                if visible(&name) {
+                    names.push(name);
+                    if names.len() == limit as usize {
+                        break;
+                    }
+                }
+            }
+            let unread = rest.next().is_some();
+            if names.len() == limit as usize {
+                // Full: more may follow if this page had names left or the index goes on.
+                let more = unread || !scanned_all;
+                return Ok(Page { next: more.then_some(n.unwrap_or(limit).min(limit)), names });
+            }
+            if scanned_all {
+                return Ok(Page { names, next: None });
+            }
+        }
+    }
+
     /// Manifests of `repo` whose subject is `subject`, as an image index.
     pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Referrers> {
         let rows = self.inner.meta.referrers(repo, subject, artifact_type).await?;

@@ -130,7 +130,7 @@ pub fn routes(registry: Registry) -> Router {
                     Err(e) => Err(e),
                 };
                 let mut resp = result.unwrap_or_else(IntoResponse::into_response);
-                resp.extensions_mut().insert(RouteInfo { template: target.template(), repo: Some(target.repo().clone()) });
+                resp.extensions_mut().insert(RouteInfo { template: target.template(), repo: Some(target.repo().clone()), user: None });
                 resp
             }),
         )

@@ -26,7 +26,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | ErrorCode::QueryInvalid => StatusCode::BAD_REQUEST,
         ErrorCode::ManifestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
-        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthorized | ErrorCode::InsufficientScope => StatusCode::UNAUTHORIZED,
         ErrorCode::Denied => StatusCode::FORBIDDEN,
         ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,

@@ -305,9 +305,13 @@ pub async fn tags(reg: &Registry, repo: &RepoName, query: &Query) -> ApiResult {
     Ok(with_link(resp, &format!("/v2/{repo}/tags/list"), &page))
 }
 
-pub async fn catalog(reg: &Registry, query: &Query) -> ApiResult {
+/// The catalog; with `visible`, only the repositories it accepts (those the caller may pull).
+pub async fn catalog(reg: &Registry, query: &Query, visible: Option<&(dyn Fn(&str) -> bool + Sync)>) -> ApiResult {
     let (n, last) = page_params(query)?;
-    let page = reg.catalog(n, last).await?;
+    let page = match visible {
+        None => reg.catalog(n, last).await?,
+        Some(f) => reg.catalog_filtered(n, last, f).await?,
+    };
     let resp = axum::Json(json!({ "repositories": page.names })).into_response();
     Ok(with_link(resp, "/v2/_catalog", &page))
 }

@@ -6,14 +6,18 @@
 
 mod admin;
 mod admin_repos;
+pub mod auth;
 pub mod error;
 mod handlers;
 mod health;
 mod log;
 pub mod metrics;
 pub mod routes;
+pub mod tls;
+mod token;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -23,11 +27,12 @@ use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use oci::ErrorCode;
 use registry::Registry;
-use tokio::net::TcpListener;
 
+pub use auth::{Mode as AuthMode, Security, TokenService, UploadLimits};
 pub use error::ApiError;
 use handlers::{ApiResult, Query};
 pub use metrics::Metrics;
+pub use tls::{ConnInfo, TlsListener};
 use routes::Route;
 
 /// Build the router for `registry`: the distribution API, `/healthz`, `/readyz` and the admin
@@ -48,16 +53,28 @@ pub struct Observability {
 
 /// Build the router for `registry` with `obs`: the API, `/healthz`, `/readyz`, and `/metrics`
 /// and the admin API when `obs.metrics_on_main`; every request recorded in `obs.metrics` and
-/// logged.
+/// logged. No access control.
 pub fn router_with(registry: Registry, obs: Observability) -> Router {
-    let mut app = Router::new().fallback(dispatch).with_state(registry.clone()).merge(health::routes(registry.clone()));
+    secured_router(registry, obs, Arc::new(Security::open()))
+}
+
+/// [`router_with`] under `security`: every API request authenticated and authorized, the token
+/// endpoint at `/auth/token` in token mode, and the admin API and `/metrics` for admins only.
+pub fn secured_router(registry: Registry, obs: Observability, security: Arc<Security>) -> Router {
+    let state = App { registry: registry.clone(), security };
+    let mut app = Router::new()
+        .route("/auth/token", axum::routing::any(token::endpoint))
+        .fallback(dispatch)
+        .with_state(state.clone())
+        .merge(health::routes(registry.clone()));
     if obs.metrics_on_main {
-        app = app.merge(admin::routes(registry));
+        let mut admin = admin::routes(registry);
+        if let Some(m) = &obs.metrics {
+            admin = admin.merge(metrics::routes(m.clone()));
+        }
+        app = app.merge(admin.route_layer(axum::middleware::from_fn_with_state(state, require_admin)));
     }
     if let Some(m) = obs.metrics {
-        if obs.metrics_on_main {
-            app = app.merge(metrics::routes(m.clone()));
-        }
         app = app.layer(axum::middleware::from_fn_with_state(m, metrics::track));
     }
     app.layer(axum::middleware::from_fn(log::log_request))
@@ -74,27 +91,144 @@ pub fn ops_router(registry: Registry, metrics: Option<Metrics>) -> Router {
     }
 }
 
-/// The one entry point for every request: parse the path into a [`Route`], then hand the parsed
-/// parts to the handler for that route and method.
-async fn dispatch(State(reg): State<Registry>, req: Request) -> Response {
+/// What every request handler shares: the engine and the access control in force.
+#[derive(Clone)]
+pub(crate) struct App {
+    pub registry: Registry,
+    pub security: Arc<Security>,
+}
+
+/// The connection facts access control needs, from the request's extensions and headers.
+pub(crate) fn conn_of<B>(req: &axum::http::Request<B>) -> auth::Conn {
+    let info = ConnInfo::of(req.extensions());
+    auth::Conn {
+        ip: info.map(|c| c.addr.ip()),
+        tls: info.is_some_and(|c| c.tls),
+        client_identity: info.and_then(|c| c.client_identity.clone()),
+        host: auth::header_value(req.headers(), &axum::http::header::HOST).map(str::to_owned),
+    }
+}
+
+/// The one entry point for every request: parse the path into a [`Route`], decide whether the
+/// caller may do what it asks, then hand the parsed parts to the handler for that route and
+/// method.
+async fn dispatch(State(app): State<App>, req: Request) -> Response {
+    let conn = conn_of(&req);
     let (parts, body) = req.into_parts();
     let route = match routes::parse(parts.uri.path()) {
         Some(Ok(route)) => route,
-        Some(Err(e)) => return finish(Err(e), None),
-        None => return finish(Err(ApiError::new(ErrorCode::NotFound, "no such route")), None),
+        Some(Err(e)) => return finish(Err(e), None, None),
+        None => return finish(Err(ApiError::new(ErrorCode::NotFound, "no such route")), None, None),
     };
-    let result = match Query::parse(parts.uri.query()) {
-        Ok(query) => handle(&reg, &parts.method, &route, &query, &parts.headers, body).await,
-        Err(e) => Err(e),
+    let mut query = match Query::parse(parts.uri.query()) {
+        Ok(query) => query,
+        Err(e) => return finish(Err(e), Some(&route), None),
     };
-    finish(result, Some(&route))
+    let security = &app.security;
+    let caller = match security.authenticate(&parts.headers, &conn).await {
+        Ok(caller) => caller,
+        Err(e) => return finish(Err(e), Some(&route), None),
+    };
+    let need = need(&route, &parts.method);
+    if let Err(e) = security.authorize(&caller, &need, &conn) {
+        app.registry.record_access_event(denial(&need), route.repo(), caller.identity.user.as_deref());
+        return finish(Err(e), Some(&route), caller.identity.user.as_deref());
+    }
+    // A mount needs pull on the source; without it the request is an ordinary upload, as the
+    // spec has a registry do when it cannot mount. A mount without `from` would search every
+    // repository, so only unrestricted callers get it.
+    if matches!(route, Route::UploadStart(_)) && parts.method == Method::POST && query.get("mount").is_some() {
+        let source_ok = match query.get("from").map(str::parse::<oci::RepoName>) {
+            Some(Ok(from)) => security.may(&caller, &from, ::auth::Action::Pull),
+            Some(Err(_)) => true, // the handler answers NAME_INVALID
+            None => security.is_admin(&caller),
+        };
+        if !source_ok {
+            query.0.retain(|(k, _)| k != "mount" && k != "from");
+        }
+    }
+    let _slot = match (&route, &parts.method) {
+        (Route::UploadStart(_), &Method::POST) | (Route::Upload(..), &Method::PATCH | &Method::PUT) => {
+            match security.uploads.acquire(caller.identity.user.as_deref()) {
+                Ok(slot) => slot,
+                Err(e) => return finish(Err(e), Some(&route), caller.identity.user.as_deref()),
+            }
+        }
+        _ => None,
+    };
+    // The catalog lists what the caller's identity may pull, by the policy: a token for the
+    // catalog names no repositories.
+    let visible = |name: &str| name.parse::<oci::RepoName>().is_ok_and(|r| security.policy.allows(&caller.identity, &r, ::auth::Action::Pull));
+    let catalog_filter: Option<&(dyn Fn(&str) -> bool + Sync)> =
+        if security.is_open() || matches!(security.mode, auth::Mode::External { .. }) { None } else { Some(&visible) };
+    let user = caller.identity.user.clone();
+    let mut ctx = registry::REQUEST.try_with(Clone::clone).unwrap_or_default();
+    ctx.actor.clone_from(&user);
+    let result = registry::REQUEST
+        .scope(ctx, handle(&app.registry, &parts.method, &route, &query, &parts.headers, body, catalog_filter))
+        .await;
+    finish(result, Some(&route), user.as_deref())
 }
 
-async fn handle(reg: &Registry, method: &Method, route: &Route, query: &Query, headers: &axum::http::HeaderMap, body: Body) -> ApiResult {
+/// What `route` with `method` needs from the caller.
+fn need(route: &Route, method: &Method) -> auth::Need {
+    use ::auth::Action;
+    let action = match (route, method) {
+        (Route::Base, _) => return auth::Need::Login,
+        (Route::Catalog, _) => return auth::Need::Catalog,
+        (Route::Manifest(..) | Route::Blob(..), &Method::DELETE) => Action::Delete,
+        (Route::Manifest(..), &Method::PUT) | (Route::UploadStart(_) | Route::Upload(..), _) => Action::Push,
+        _ => Action::Pull,
+    };
+    match route.repo() {
+        Some(repo) => auth::Need::Repo(repo.clone(), action),
+        None => auth::Need::Login,
+    }
+}
+
+/// The audit action of a refused `need`.
+fn denial(need: &auth::Need) -> &'static str {
+    match need {
+        auth::Need::Repo(_, ::auth::Action::Pull) => "denied_pull",
+        auth::Need::Repo(_, ::auth::Action::Push) => "denied_push",
+        auth::Need::Repo(_, ::auth::Action::Delete) => "denied_delete",
+        auth::Need::Catalog => "denied_catalog",
+        auth::Need::Admin => "denied_admin",
+        auth::Need::Login => "denied_login",
+    }
+}
+
+/// The admin API and `/metrics` on the main listener: admins only (everyone when access
+/// control is off).
+async fn require_admin(State(app): State<App>, req: Request, next: axum::middleware::Next) -> Response {
+    if app.security.is_open() {
+        return next.run(req).await;
+    }
+    let conn = conn_of(&req);
+    let caller = match app.security.authenticate(req.headers(), &conn).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = app.security.authorize(&caller, &auth::Need::Admin, &conn) {
+        app.registry.record_access_event("denied_admin", None, caller.identity.user.as_deref());
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+async fn handle(
+    reg: &Registry,
+    method: &Method,
+    route: &Route,
+    query: &Query,
+    headers: &axum::http::HeaderMap,
+    body: Body,
+    catalog_filter: Option<&(dyn Fn(&str) -> bool + Sync)>,
+) -> ApiResult {
     let m = method.clone();
     match (route, m) {
         (Route::Base, Method::GET | Method::HEAD) => handlers::base().await,
-        (Route::Catalog, Method::GET) => handlers::catalog(reg, query).await,
+        (Route::Catalog, Method::GET) => handlers::catalog(reg, query, catalog_filter).await,
         (Route::Tags(repo), Method::GET) => handlers::tags(reg, repo, query).await,
         (Route::Manifest(repo, r), Method::GET | Method::HEAD) => handlers::manifest_get(reg, method, repo, r).await,
         (Route::Manifest(repo, r), Method::PUT) => handlers::manifest_put(reg, repo, r, query, headers, body).await,
@@ -113,21 +247,28 @@ async fn handle(reg: &Registry, method: &Method, route: &Route, query: &Query, h
 }
 
 /// Add the headers every API response carries and the route facts the request log needs.
-fn finish(result: ApiResult, route: Option<&Route>) -> Response {
+fn finish(result: ApiResult, route: Option<&Route>, user: Option<&str>) -> Response {
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
     if let Some(route) = route {
-        resp.extensions_mut().insert(log::RouteInfo { template: route.template(), repo: route.repo().cloned() });
+        resp.extensions_mut().insert(log::RouteInfo { template: route.template(), repo: route.repo().cloned(), user: user.map(str::to_owned) });
     }
     resp
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves; then stop accepting, let in-flight
-/// requests finish for at most `grace`, and return.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static, grace: Duration) -> std::io::Result<()> {
+/// Serve `router` on `listener` (a `tokio::net::TcpListener` or a [`TlsListener`]) until
+/// `shutdown` resolves; then stop accepting, let in-flight requests finish for at most `grace`,
+/// and return. Every request carries its [`ConnInfo`].
+pub async fn serve<L>(listener: L, router: Router, shutdown: impl Future<Output = ()> + Send + 'static, grace: Duration) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    ConnInfo: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    // Connection info gives the request log and events the client's address.
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Connection info gives the request log, events and access control the client's address,
+    // and whether (and as whom) it came over TLS.
+    let service = router.into_make_service_with_connect_info::<ConnInfo>();
     let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = stopping_tx.send(());

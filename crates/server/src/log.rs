@@ -3,10 +3,9 @@
 //! request id (the client's `X-Request-Id` when it sent a sane one, else a new one, echoed in the
 //! response), the client address and user agent.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -18,6 +17,8 @@ use registry::{REQUEST, RequestContext};
 pub struct RouteInfo {
     pub template: &'static str,
     pub repo: Option<RepoName>,
+    /// The authenticated user (`None`: anonymous, or access control is off).
+    pub user: Option<String>,
 }
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -41,7 +42,7 @@ pub async fn log_request(req: Request, next: Next) -> Response {
     let ctx = RequestContext {
         request_id: request_id.clone(),
         method: method.to_string(),
-        address: req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()),
+        address: crate::ConnInfo::of(req.extensions()).map(|c| c.addr.ip().to_string()),
         user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(256).collect()),
         actor: None,
     };
@@ -55,6 +56,7 @@ pub async fn log_request(req: Request, next: Next) -> Response {
         method = %method,
         route = info.map_or("-", |i| i.template),
         repository = info.and_then(|i| i.repo.as_ref()).map_or("-", RepoName::as_str),
+        user = info.and_then(|i| i.user.as_deref()).unwrap_or("-"),
         status = resp.status().as_u16(),
         bytes_in,
         bytes_out = length(resp.headers()),

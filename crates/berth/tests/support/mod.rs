@@ -28,6 +28,12 @@ impl Server {
     /// Start `berth serve` on a free loopback port with `data_dir` (and `config`, if given),
     /// appending its output to `log`, and wait until it answers `GET /v2/`.
     pub fn start(data_dir: &Path, config: Option<&Path>, log: &Path) -> Server {
+        Server::start_probed(data_dir, config, log, &|addr| request(addr, "GET", "/v2/", &[], b"").is_ok_and(|r| r.status == 200))
+    }
+
+    /// [`Server::start`], with `ready` telling when it serves (for a server that does not
+    /// speak plain HTTP).
+    pub fn start_probed(data_dir: &Path, config: Option<&Path>, log: &Path, ready: &dyn Fn(SocketAddr) -> bool) -> Server {
         for _attempt in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("pick a free port").port();
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -48,7 +54,7 @@ impl Server {
             cmd.env("NO_COLOR", "1").stdin(Stdio::null()).stdout(out).stderr(err);
             let child = cmd.spawn().expect("spawn berth");
             let mut server = Server { child, addr, log: log.to_owned() };
-            match server.wait_ready(log_start) {
+            match server.wait_ready(log_start, ready) {
                 Ok(()) => return server,
                 Err(Some(status)) if server.log_since(log_start).contains("binding") => {
                     // Someone took the port between our probe and the server's bind.
@@ -61,19 +67,16 @@ impl Server {
         panic!("berth could not bind a free port in 5 attempts");
     }
 
-    /// Wait until this process logged that it listens and `GET /v2/` answers 200. The log
+    /// Wait until this process logged that it listens and `ready` says it serves. The log
     /// line makes sure the answer comes from this process, not another test's server that
     /// grabbed the port. `Err(Some(status))` if the process exited, `Err(None)` on timeout.
-    fn wait_ready(&mut self, log_start: u64) -> Result<(), Option<ExitStatus>> {
+    fn wait_ready(&mut self, log_start: u64, ready: &dyn Fn(SocketAddr) -> bool) -> Result<(), Option<ExitStatus>> {
         let deadline = Instant::now() + READY_WITHIN;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(Some(status));
             }
-            if self.log_since(log_start).contains("berth listening")
-                && let Ok(resp) = request(self.addr, "GET", "/v2/", &[], b"")
-                && resp.status == 200
-            {
+            if self.log_since(log_start).contains("berth listening") && ready(self.addr) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
