@@ -333,3 +333,82 @@ async fn denials_and_logins_reach_the_audit_log() {
         task.await.expect("task");
     }
 }
+
+/// A registry that accepts only tokens from an external issuer whose keys are in a JWKS file;
+/// returns it with an issuer standing in for the external service (and one for the wrong
+/// audience).
+async fn external() -> (TestRegistry, auth::Issuer, auth::Issuer) {
+    let mut t = registry().await;
+    t.push_image("team/app", "1", "team/app").await;
+    t.push_image("other/app", "1", "other/app").await;
+    let (key, pem) = auth::SigningKey::generate().expect("key");
+    let jwks = t.dir.path().join("jwks.json");
+    std::fs::write(&jwks, key.jwks().to_string()).expect("jwks");
+    let lifetime = (Duration::from_secs(300), Duration::from_secs(600));
+    let service = auth::Issuer::new(key, "auth.example".to_owned(), "registry.example".to_owned(), lifetime.0, lifetime.1);
+    let wrong_audience = auth::Issuer::new(auth::SigningKey::from_pem("same key", &pem).expect("key"), "auth.example".to_owned(), "elsewhere".to_owned(), lifetime.0, lifetime.1);
+    let verifier = auth::Verifier::external("auth.example".to_owned(), "registry.example".to_owned(), None, Some(&jwks)).expect("verifier");
+    let security = Security {
+        mode: AuthMode::External { verifier, realm: "https://auth.example/token".to_owned(), service: "registry.example".to_owned() },
+        policy: auth::Policy::new(vec!["ops".to_owned()], Default::default(), None),
+        users: None,
+        limiter: None,
+        uploads: Arc::new(UploadLimits::default()),
+    };
+    t.router = server::secured_router(t.registry.clone(), Observability { metrics: None, metrics_on_main: true }, Arc::new(security));
+    (t, service, wrong_audience)
+}
+
+#[tokio::test]
+async fn external_tokens_decide_by_their_claims() {
+    let (t, service, wrong_audience) = external().await;
+    let now = std::time::SystemTime::now();
+    let team: oci::RepoName = "team/app".parse().expect("name");
+    let pull_team = |issuer: &auth::Issuer| issuer.access_token(Some("dave"), vec![auth::Access::repository(&team, auth::Action::Pull.into())], now).expect("token").0;
+
+    let tok = pull_team(&service);
+    assert_eq!(as_user(&t, &bearer(&tok), "GET", "/v2/team/app/manifests/1", Body::empty()).await.status, 200);
+    let r = as_user(&t, &bearer(&tok), "GET", "/v2/other/app/manifests/1", Body::empty()).await;
+    assert_eq!((r.status.as_u16(), r.error_code().as_str()), (401, "DENIED"));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"https://auth.example/token\",service=\"registry.example\",scope=\"repository:other/app:pull\",error=\"insufficient_scope\"")
+    );
+    assert_eq!(as_user(&t, &bearer(&tok), "POST", "/v2/team/app/blobs/uploads/", Body::empty()).await.status, 401);
+    // A token for another audience, basic credentials, and no credentials are all challenged.
+    let r = as_user(&t, &bearer(&pull_team(&wrong_audience)), "GET", "/v2/team/app/manifests/1", Body::empty()).await;
+    assert_eq!(r.status, 401);
+    assert!(r.json()["errors"][0]["message"].as_str().expect("message").contains("another service"), "{:?}", r.json());
+    let r = as_user(&t, &basic("alice"), "GET", "/v2/", Body::empty()).await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").is_some_and(|h| h.starts_with("Bearer realm=\"https://auth.example/token\"")));
+    assert_eq!(t.get("/v2/").await.status, 401);
+    // The catalog needs the catalog claim, and then lists everything.
+    assert_eq!(as_user(&t, &bearer(&tok), "GET", "/v2/_catalog", Body::empty()).await.status, 401);
+    let cat = service.access_token(Some("dave"), vec![auth::Access::catalog()], now).expect("token").0;
+    let r = as_user(&t, &bearer(&cat), "GET", "/v2/_catalog", Body::empty()).await;
+    assert_eq!(r.json()["repositories"], serde_json::json!(["other/app", "team/app"]));
+    // There is no token endpoint here.
+    assert_eq!(t.get("/auth/token").await.status, 404);
+}
+
+#[tokio::test]
+async fn a_verified_client_certificate_is_an_identity() {
+    let t = secured(Kind::Basic, UploadLimits::default(), &["team/app"]).await;
+    let send = |identity: Option<&str>, method: &str, uri: &str| {
+        let info = server::ConnInfo { addr: "127.0.0.1:40000".parse().expect("addr"), tls: true, client_identity: identity.map(str::to_owned) };
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .extension(axum::extract::ConnectInfo(info))
+            .body(Body::empty())
+            .expect("request");
+        tower::ServiceExt::oneshot(t.router.clone(), req)
+    };
+    // A certificate naming bob gets bob's rights: pull, not push.
+    assert_eq!(send(Some("bob"), "GET", "/v2/team/app/manifests/1").await.expect("response").status(), 200);
+    assert_eq!(send(Some("bob"), "POST", "/v2/team/app/blobs/uploads/").await.expect("response").status(), 403);
+    assert_eq!(send(Some("alice"), "POST", "/v2/team/app/blobs/uploads/").await.expect("response").status(), 202);
+    // No certificate: anonymous.
+    assert_eq!(send(None, "GET", "/v2/team/app/manifests/1").await.expect("response").status(), 401);
+}
