@@ -8,6 +8,10 @@ use std::process::Command;
 use support::{Server, request, sha256_digest};
 
 fn gc(data_dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    gc_with(data_dir, args, &[])
+}
+
+fn gc_with(data_dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
     cmd.arg("gc").arg("--data-dir").arg(data_dir).args(args);
     for (k, _) in std::env::vars_os() {
@@ -15,6 +19,7 @@ fn gc(data_dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
             cmd.env_remove(k);
         }
     }
+    cmd.envs(env.iter().copied());
     let out = cmd.output().expect("run berth gc");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
@@ -60,6 +65,60 @@ fn berth_gc_collects_next_to_a_running_server() {
     assert_eq!(files.len(), 2, "{files:?}");
     let (ok, _, err) = gc(&data, &["--grace", "soon"]);
     assert!(!ok && err.contains("soon"), "{err}");
+}
+
+#[test]
+fn berth_gc_collects_old_untagged_manifests_by_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, None, &dir.path().join("server.log"));
+    let push = |bytes: &[u8]| {
+        let d = sha256_digest(bytes);
+        let r = request(server.addr, "POST", &format!("/v2/app/blobs/uploads/?digest={d}"), &[], bytes).expect("push");
+        assert_eq!(r.status, 201, "{}", r.describe());
+        d
+    };
+    let config = push(br#"{"architecture":"amd64","os":"linux"}"#);
+    let manifest_of = |layer: &str| {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":37}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":1}}]}}"#
+        )
+    };
+    let put = |reference: &str, body: &str| {
+        let r = request(server.addr, "PUT", &format!("/v2/app/manifests/{reference}"), &[("Content-Type", "application/vnd.oci.image.manifest.v1+json".into())], body.as_bytes())
+            .expect("manifest");
+        assert_eq!(r.status, 201, "{}", r.describe());
+    };
+    let untagged = manifest_of(&push(b"layer of an untagged image"));
+    let untagged_digest = sha256_digest(untagged.as_bytes());
+    put(&untagged_digest, &untagged);
+    put("v1", &manifest_of(&push(b"layer of a tagged image")));
+    // Pushed ten days ago, as far as the database knows.
+    let manifests = || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(async {
+            use sqlx::{Connection, Row};
+            let mut c = sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}", data.join("meta.db").display())).await.expect("open");
+            let ten_days_ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64 - 10 * 86_400_000;
+            sqlx::query("UPDATE manifests SET created_at = $1, untagged_at = NULL WHERE digest = $2").bind(ten_days_ago).bind(untagged_digest.as_str()).execute(&mut c).await.expect("age");
+            sqlx::query("SELECT COUNT(*) AS n FROM manifests").fetch_one(&mut c).await.expect("count").get::<i64, _>("n")
+        })
+    };
+    assert_eq!(manifests(), 2);
+
+    let (ok, out, err) = gc(&data, &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("untagged manifests deleted: 0"), "off by default: {out}");
+    let policy = [("BERTH_GC__UNTAGGED__ENABLED", "true"), ("BERTH_GC__UNTAGGED__OLDER_THAN", "7d")];
+    let (ok, out, err) = gc_with(&data, &["--dry-run"], &policy);
+    assert!(ok, "{err}");
+    assert!(out.contains("untagged manifests to delete: 1"), "{out}");
+    assert!(err.contains("untagged manifests collected after 7d"), "{err}");
+    assert_eq!(manifests(), 2, "a dry run deletes nothing");
+    let (ok, out, err) = gc_with(&data, &[], &policy);
+    assert!(ok, "{err}");
+    assert!(out.contains("untagged manifests deleted: 1"), "{out}");
+    assert_eq!(manifests(), 1, "the tagged image stays");
+    assert_eq!(request(server.addr, "GET", "/v2/app/manifests/v1", &[("Accept", "application/vnd.oci.image.manifest.v1+json".into())], b"").expect("get").status, 200);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {

@@ -223,13 +223,13 @@ pub async fn run_untagged_gc(m: &MetaStore) {
     }
     // Only the untagged index qualifies now: `old` is listed by it, the rest are tagged, in a
     // tagged index, referrers of a live subject, or young.
-    assert_eq!(candidates().await, [loose_index.clone()]);
+    assert_eq!(candidates().await, std::slice::from_ref(&loose_index));
 
     // Losing the last tag (moved away or deleted) restarts the clock; so does a PUT again.
     let _newer = put(m, &app, "newer", &[&cfg], &[], None, &["moving"]).await;
     assert!(m.delete_tag(&app, &tag("bye"), &[]).await.expect("untag"));
     assert!(m.manifest_by_digest(&app, &moved).await.expect("q").is_some());
-    assert_eq!(candidates().await, [loose_index.clone()], "a manifest that lost its tag just now is kept");
+    assert_eq!(candidates().await, std::slice::from_ref(&loose_index), "a manifest that lost its tag just now is kept");
     let since = |d: Digest| async move {
         sqlx::query("SELECT untagged_at FROM manifests WHERE digest = $1").bind(d.as_str()).fetch_one(&m.read).await.expect("q").try_get::<Option<i64>, _>("untagged_at").expect("col")
     };
@@ -262,7 +262,7 @@ pub async fn run_untagged_gc(m: &MetaStore) {
     let subject = put(m, &app, "subject", &[&cfg], &[], None, &[]).await;
     age(subject.clone()).await;
     let fresh_sig = put(m, &app, "fresh-sig", &[&cfg], &[], Some(&subject), &[]).await;
-    assert_eq!(candidates().await, [subject.clone()]);
+    assert_eq!(candidates().await, std::slice::from_ref(&subject));
     assert_eq!(m.gc_delete_untagged(&app, &subject, cutoff, &ev).await.expect("q"), UntaggedOutcome::Kept(KeptBecause::Recent { manifest: fresh_sig.clone() }));
     age(fresh_sig.clone()).await;
     let c = put(m, &app, "c", &[&cfg], &[], None, &[]).await;

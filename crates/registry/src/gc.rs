@@ -6,15 +6,26 @@
 //! Liveness: a blob is in use while some repository links it through a manifest that
 //! references it, or through a link created or mounted within the grace period (a push whose
 //! manifest has not arrived yet). Deleting a manifest restarts the grace period of the links
-//! it kept alive. Untagged manifests are not collected (they keep their blobs).
+//! it kept alive.
+//!
+//! Untagged manifests are kept (and keep their blobs) unless `gc_untagged` is set: then each
+//! collection first deletes, one transaction each, the manifests with no tag, in no index of
+//! their repository and not a referrer of a manifest still there, that lost their last tag (or
+//! index, or subject; or were pushed, if nothing ever kept them) longer ago than that, with
+//! their referrers and the children nothing else keeps (`meta::MetaStore::gc_delete_untagged`).
+//! Their blobs go in a later collection, after the grace period, as after a manifest DELETE.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use oci::Digest;
+use meta::{DeletedManifest, Role, UntaggedOutcome};
+use oci::{Digest, RepoName};
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{EventFacts, REQUEST, RequestContext};
+use crate::lifecycle::{millis, now_ms};
 use crate::{Registry, Result};
 
 /// Candidates read per listing query.
@@ -35,6 +46,9 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct GcReport {
     pub dry_run: bool,
+    /// Untagged manifests deleted (or that would be), with the referrers and index children
+    /// that went with them (`gc_untagged`).
+    pub untagged_deleted: u64,
     /// Repository links removed.
     pub links_removed: u64,
     /// Blobs deleted (or that would be).
@@ -49,6 +63,7 @@ pub struct GcReport {
 /// Where a collection is, for progress output.
 #[derive(Debug, Clone, Copy)]
 pub enum GcProgress {
+    Untagged { deleted: u64 },
     Links { removed: u64 },
     Blobs { deleted: u64, bytes: u64 },
 }
@@ -86,6 +101,8 @@ impl Registry {
         let cut = cutoff(grace.unwrap_or(self.inner.config.gc_grace));
         let meta = &self.inner.meta;
         let mut report = GcReport { dry_run, ..GcReport::default() };
+        // 0. Untagged manifests, by policy (their blobs go in a later collection).
+        self.collect_untagged(now_ms(), dry_run, &mut report, progress).await?;
         if dry_run {
             let mut after = None;
             loop {
@@ -145,8 +162,9 @@ impl Registry {
         if let Some(old) = old {
             meta.gc_prune_tombstones(i64::try_from(old.as_millis()).unwrap_or(0)).await?;
         }
-        if report.links_removed > 0 || report.blobs_deleted > 0 {
+        if report.untagged_deleted > 0 || report.links_removed > 0 || report.blobs_deleted > 0 {
             tracing::info!(
+                untagged_manifests = report.untagged_deleted,
                 links = report.links_removed,
                 blobs = report.blobs_deleted,
                 bytes = report.bytes_freed,
@@ -155,6 +173,89 @@ impl Registry {
             );
         }
         Ok(report)
+    }
+
+    /// Phase 0, with `gc_untagged`: delete the untagged manifests that lost what kept them
+    /// before `now_ms` minus it (dry: count what would go), each in its own transaction with
+    /// one delete event per manifest. A deletion that fails is logged and the run goes on.
+    async fn collect_untagged(&self, now_ms: i64, dry_run: bool, report: &mut GcReport, progress: &(dyn Fn(GcProgress) + Sync)) -> Result<()> {
+        // Events of one collection share a request id, so the audit log groups them.
+        let ctx = RequestContext { request_id: format!("gc-{}", uuid::Uuid::new_v4().simple()), ..RequestContext::default() };
+        REQUEST.scope(ctx, self.collect_untagged_scoped(now_ms, dry_run, report, progress)).await
+    }
+
+    async fn collect_untagged_scoped(&self, now_ms: i64, dry_run: bool, report: &mut GcReport, progress: &(dyn Fn(GcProgress) + Sync)) -> Result<()> {
+        let Some(older_than) = self.inner.config.gc_untagged else { return Ok(()) };
+        let cut = now_ms.saturating_sub(millis(older_than));
+        let meta = &self.inner.meta;
+        // A dry run counts a manifest once, however many candidates would take it.
+        let mut counted: HashSet<(i64, Digest)> = HashSet::new();
+        let mut after = None;
+        loop {
+            let page = meta.gc_untagged_candidates(cut, after.as_ref(), BATCH).await?;
+            for c in &page {
+                let Ok(repo) = c.repository.parse::<RepoName>() else {
+                    tracing::warn!(repository = %c.repository, "garbage collection skips a repository whose stored name is invalid");
+                    continue;
+                };
+                if dry_run {
+                    if let UntaggedOutcome::Deleted(set) = meta.gc_untagged_plan(&repo, &c.digest, cut).await? {
+                        for m in set {
+                            if counted.insert((c.repository_id, m.digest.clone())) {
+                                tracing::info!(repository = %repo, digest = %m.digest, media_type = %m.media_type, role = role_name(m.role), "gc (dry run): untagged manifest would be deleted");
+                                report.untagged_deleted += 1;
+                            }
+                        }
+                    }
+                } else {
+                    report.untagged_deleted += self.delete_untagged_garbage(&repo, &c.digest, cut, older_than).await;
+                }
+            }
+            progress(GcProgress::Untagged { deleted: report.untagged_deleted });
+            match page.last() {
+                Some(last) if page.len() == BATCH as usize => after = Some(last.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Delete one untagged manifest (with what goes with it) if it is still garbage. Returns
+    /// how many manifests went.
+    async fn delete_untagged_garbage(&self, repo: &RepoName, digest: &Digest, cut: i64, older_than: Duration) -> u64 {
+        let recorded = Mutex::new(Vec::new());
+        let event = |m: &DeletedManifest| {
+            let e = self.event(EventFacts {
+                action: "delete",
+                repo,
+                digest: Some(m.digest.to_string()),
+                tag: None,
+                media_type: Some(m.media_type.clone()),
+                size: None,
+                from: None,
+            });
+            recorded.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(e.clone());
+            e
+        };
+        let outcome = self.inner.meta.gc_delete_untagged(repo, digest, cut, &event).await;
+        self.inner.cache.invalidate(repo);
+        match outcome {
+            Ok(UntaggedOutcome::Deleted(gone)) => {
+                self.committed(&recorded.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
+                let older_than = crate::retention::human_duration(older_than);
+                for m in &gone {
+                    tracing::info!(repository = %repo, digest = %m.digest, media_type = %m.media_type, role = role_name(m.role), older_than = %older_than, "gc: untagged manifest deleted");
+                }
+                gone.len() as u64
+            }
+            Ok(UntaggedOutcome::Kept(why)) => {
+                tracing::debug!(repository = %repo, digest = %digest, reason = %why, "gc: untagged manifest kept");
+                0
+            }
+            Err(e) => {
+                tracing::warn!(repository = %repo, digest = %digest, error = %e, "garbage collection could not delete an untagged manifest; the run goes on");
+                0
+            }
+        }
     }
 
     /// Collect garbage every `gc_interval` until `shutdown` is cancelled (the first run one
@@ -181,5 +282,143 @@ impl Registry {
                 }
             }
         }))
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Root => "untagged",
+        Role::Referrer => "referrer",
+        Role::Child => "child",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use meta::{EventFilter, MetaStore};
+    use oci::Reference;
+
+    use super::*;
+    use crate::{RegistryConfig, once};
+
+    const DAY: i64 = 86_400_000;
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+    async fn registry(dir: &Path, untagged: Option<Duration>) -> Registry {
+        let meta = MetaStore::open_sqlite(&dir.join("meta.db"), false).await.expect("database");
+        let blobs = Arc::new(storage::fs::FsStore::open(dir.join("store"), false).expect("storage"));
+        Registry::new(meta, blobs, RegistryConfig { gc_untagged: untagged, ..RegistryConfig::default() })
+    }
+
+    struct Fixture {
+        r: Registry,
+        repo: RepoName,
+        config: Digest,
+    }
+
+    impl Fixture {
+        async fn blob(&self, content: &[u8]) -> Digest {
+            let d = Digest::sha256_of(content);
+            self.r.upload_whole(&self.repo, &d, once(Bytes::copy_from_slice(content))).await.expect("push");
+            d
+        }
+
+        /// An image manifest with its own layer, optionally a referrer of `subject`, pushed
+        /// under `tag` or by digest. Returns its digest and size.
+        async fn image(&self, name: &str, subject: Option<&(Digest, usize)>, tag: Option<&str>) -> (Digest, usize) {
+            let layer = self.blob(format!("layer of {name}").as_bytes()).await;
+            let subject = subject.map_or(String::new(), |(d, n)| format!(r#","subject":{{"mediaType":"{MANIFEST}","digest":"{d}","size":{n}}}"#));
+            let body = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":1}}]{subject}}}"#,
+                self.config
+            );
+            self.put(MANIFEST, body, tag).await
+        }
+
+        async fn index(&self, children: &[&(Digest, usize)], tag: Option<&str>) -> (Digest, usize) {
+            let list: Vec<String> = children.iter().map(|(d, n)| format!(r#"{{"mediaType":"{MANIFEST}","digest":"{d}","size":{n}}}"#)).collect();
+            self.put(INDEX, format!(r#"{{"schemaVersion":2,"mediaType":"{INDEX}","manifests":[{}]}}"#, list.join(",")), tag).await
+        }
+
+        async fn put(&self, media_type: &str, body: String, tag: Option<&str>) -> (Digest, usize) {
+            let d = Digest::sha256_of(body.as_bytes());
+            let reference = tag.map_or_else(|| Reference::Digest(d.clone()), |t| Reference::Tag(t.parse().expect("tag")));
+            let n = body.len();
+            self.r.manifest_put(&self.repo, &reference, Some(media_type), Bytes::from(body), &[]).await.expect("manifest");
+            (d, n)
+        }
+
+        async fn present(&self, d: &Digest) -> bool {
+            self.r.inner.meta.manifest_by_digest(&self.repo, d).await.expect("q").is_some()
+        }
+    }
+
+    async fn untagged_now(r: &Registry, now: i64, dry_run: bool) -> GcReport {
+        let mut report = GcReport { dry_run, ..GcReport::default() };
+        r.collect_untagged(now, dry_run, &mut report, &|_| {}).await.expect("gc");
+        report
+    }
+
+    #[tokio::test]
+    async fn untagged_manifests_are_collected_by_policy_and_what_keeps_one_is_respected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let week = Duration::from_secs(7 * 86_400);
+        // Both registries share the database: one with the policy off, one with it on.
+        let off = registry(dir.path(), None).await;
+        let on = registry(dir.path(), Some(week)).await;
+        let repo: RepoName = "gc/app".parse().expect("name");
+        let f = Fixture { r: on.clone(), repo: repo.clone(), config: Digest::sha256_of(b"{}") };
+        f.blob(b"{}").await;
+        let old = f.image("old", None, None).await;
+        let tagged = f.image("tagged", None, Some("v1")).await;
+        let child = f.image("child", None, None).await;
+        let index = f.index(&[&child], Some("multi")).await;
+        let live_sig = f.image("live-sig", Some(&tagged), None).await;
+        let doomed = f.image("doomed", None, Some("doomed")).await;
+        let dead_sig = f.image("dead-sig", Some(&doomed), None).await;
+        let loose_child = f.image("loose-child", None, None).await;
+        let loose_index = f.index(&[&loose_child], None).await;
+        on.manifest_delete(&repo, &Reference::Digest(doomed.0.clone())).await.expect("delete");
+        // A clock 30 days on: every manifest above is older than the week.
+        let later = now_ms() + 30 * DAY;
+
+        let r = untagged_now(&off, later, false).await;
+        assert_eq!(r.untagged_deleted, 0, "off by default: nothing goes");
+        let r = untagged_now(&on, now_ms(), false).await;
+        assert_eq!(r.untagged_deleted, 0, "all of them are younger than the week");
+        let dry = untagged_now(&on, later, true).await;
+        assert_eq!(dry.untagged_deleted, 4, "old, dead-sig, loose-index and its child: {dry:?}");
+        for d in [&old, &dead_sig, &loose_index, &loose_child] {
+            assert!(f.present(&d.0).await, "a dry run deletes nothing");
+        }
+
+        let r = untagged_now(&on, later, false).await;
+        assert_eq!(r.untagged_deleted, 4, "{r:?}");
+        for d in [&old, &dead_sig, &loose_index, &loose_child] {
+            assert!(!f.present(&d.0).await, "{} is collected", d.0);
+        }
+        for d in [&tagged, &child, &index, &live_sig] {
+            assert!(f.present(&d.0).await, "{} stays: tagged, in a tagged index, or a referrer of a live subject", d.0);
+        }
+        assert_eq!(untagged_now(&on, later, false).await.untagged_deleted, 0, "nothing left to collect");
+        let filter = EventFilter { repository: Some("gc/app".into()), action: Some("delete".into()), limit: 100, ..Default::default() };
+        let events = on.inner.meta.events(&filter).await.expect("events");
+        let gc_events: Vec<_> = events.iter().filter(|e| e.request_id.as_deref().is_some_and(|id| id.starts_with("gc-"))).collect();
+        assert_eq!(gc_events.len(), 4, "one delete event per manifest, with the collection's request id: {events:?}");
+        assert!(gc_events.iter().all(|e| e.request_id == gc_events[0].request_id), "one request id per collection");
+
+        // The blobs go in a later collection, after the grace period, as after a DELETE.
+        let old_layer = Digest::sha256_of(b"layer of old");
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let r = on.collect_garbage(false, Some(Duration::ZERO), &|_| {}).await.expect("gc");
+        assert_eq!(r.untagged_deleted, 0, "the real clock: what is left is young");
+        assert!(r.blobs_deleted >= 1, "{r:?}");
+        assert!(on.blobs().stat(&old_layer).await.expect("stat").is_none(), "the collected manifest's layer is gone");
+        assert!(on.blobs().stat(&Digest::sha256_of(b"layer of tagged")).await.expect("stat").is_some());
     }
 }

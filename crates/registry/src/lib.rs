@@ -61,6 +61,9 @@ pub struct RegistryConfig {
     pub gc_grace: Duration,
     /// How often garbage is collected in the background (`None`: only on demand).
     pub gc_interval: Option<Duration>,
+    /// Untagged manifests that lost their last tag (or index, or subject) longer ago than this
+    /// are collected (`None`, the default: untagged manifests are kept; see `gc`).
+    pub gc_untagged: Option<Duration>,
     /// Answer whole-blob GETs with a redirect to a URL valid this long, when the storage
     /// driver can issue one (bytes then flow from object storage, not through the registry).
     pub blob_redirect: Option<Duration>,
@@ -79,6 +82,7 @@ impl Default for RegistryConfig {
             blob_redirect: None,
             gc_grace: Duration::from_secs(24 * 3600),
             gc_interval: Some(Duration::from_secs(3600)),
+            gc_untagged: None,
             policies: Policies::default(),
         }
     }
