@@ -91,6 +91,16 @@ pub struct RawGc {
     pub enabled: Option<bool>,
     pub interval: Option<Value>,
     pub grace: Option<Value>,
+    #[serde(default)]
+    pub untagged: RawGcUntagged,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGcUntagged {
+    /// Collect untagged manifests too (default false).
+    pub enabled: Option<bool>,
+    pub older_than: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -540,6 +550,11 @@ impl RawConfig {
             return Err(err("gc.interval", "must be at least 1s"));
         }
         let gc_interval = self.gc.enabled.unwrap_or(true).then_some(gc_interval);
+        let gc_untagged = duration("gc.untagged.older_than", self.gc.untagged.older_than, Duration::from_secs(7 * 86_400))?;
+        if gc_untagged < Duration::from_secs(3600) {
+            return Err(err("gc.untagged.older_than", "must be at least 1h (a manifest pushed by digest before its tag or index needs to outlive the wait for them)"));
+        }
+        let gc_untagged = self.gc.untagged.enabled.unwrap_or(false).then_some(gc_untagged);
         let blob_redirect = if self.storage.redirect.enabled.unwrap_or(false) {
             if !matches!(storage, StorageDriver::S3(_)) {
                 return Err(err("storage.redirect.enabled", "needs storage.driver s3 (the filesystem driver cannot issue URLs)"));
@@ -665,6 +680,7 @@ impl RawConfig {
                 blob_redirect,
                 gc_grace,
                 gc_interval,
+                gc_untagged,
                 delete_enabled: self.storage.delete.enabled.unwrap_or(true),
                 upload_expiry,
                 janitor_interval,
@@ -823,6 +839,13 @@ mod tests {
         assert_eq!(e.path, "gc.grace");
         let e = RawConfig::from_tree(tree("gc: {every: 1h}")).unwrap_err();
         assert_eq!(e.path, "gc.every");
+        assert_eq!(c.registry.gc_untagged, None, "untagged manifests are kept by default");
+        let c = RawConfig::from_tree(tree("gc: {untagged: {enabled: true}}")).unwrap().resolve().unwrap();
+        assert_eq!(c.registry.gc_untagged, Some(Duration::from_secs(7 * 86_400)));
+        let c = RawConfig::from_tree(tree("gc: {untagged: {enabled: true, older_than: 36h}}")).unwrap().resolve().unwrap();
+        assert_eq!(c.registry.gc_untagged, Some(Duration::from_secs(36 * 3600)));
+        let e = RawConfig::from_tree(tree("gc: {untagged: {enabled: true, older_than: 5m}}")).unwrap().resolve().unwrap_err();
+        assert_eq!(e.path, "gc.untagged.older_than");
     }
 
     #[test]
