@@ -2,8 +2,6 @@
 //! reading the files they name (the htpasswd file, the token signing key, an external issuer's
 //! certificates or JWKS) once, at start.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 
 use crate::config::{AuthMode, AuthSettings};
@@ -34,11 +32,11 @@ pub fn build(s: &AuthSettings) -> anyhow::Result<server::Security> {
             server::AuthMode::External { verifier, realm: e.realm.clone(), service: e.service.clone() }
         }
     };
-    Ok(server::Security {
+    Ok(server::Security::new(
         mode,
         policy,
         users,
-        limiter: s.login_limit.map(|(n, window)| auth::LoginLimiter::new(n, window)),
-        uploads: Arc::new(server::UploadLimits::new(s.uploads_per_user, s.uploads_total)),
-    })
+        s.login_limit.map(|(n, window)| auth::LoginLimiter::new(n, window)),
+        server::UploadLimits::new(s.uploads_per_user, s.uploads_total),
+    ))
 }

@@ -37,6 +37,9 @@ pub struct Security {
     /// Failed-login throttling (basic credentials on the API and at the token endpoint).
     pub limiter: Option<auth::LoginLimiter>,
     pub uploads: Arc<UploadLimits>,
+    /// Where refusals are counted (`berth_auth_failures_total`), set when the router is built
+    /// with metrics.
+    pub(crate) metrics: std::sync::OnceLock<crate::Metrics>,
 }
 
 /// How clients prove who they are.
@@ -62,9 +65,20 @@ pub struct TokenService {
 }
 
 impl Security {
+    pub fn new(mode: Mode, policy: auth::Policy, users: Option<auth::UserStore>, limiter: Option<auth::LoginLimiter>, uploads: UploadLimits) -> Security {
+        Security { mode, policy, users, limiter, uploads: Arc::new(uploads), metrics: std::sync::OnceLock::new() }
+    }
+
     /// No access control at all.
     pub fn open() -> Security {
-        Security { mode: Mode::Open, policy: auth::Policy::open(), users: None, limiter: None, uploads: Arc::new(UploadLimits::default()) }
+        Security::new(Mode::Open, auth::Policy::open(), None, None, UploadLimits::default())
+    }
+
+    /// Count a refusal in the metrics, when there are metrics.
+    pub(crate) fn count(&self, reason: &'static str) {
+        if let Some(m) = self.metrics.get() {
+            m.auth_failure(reason);
+        }
     }
 
     pub fn is_open(&self) -> bool {
@@ -81,6 +95,7 @@ impl Security {
             && let Err(wait) = limiter.check(addr, user, Instant::now())
         {
             tracing::warn!(target: "berth::auth", outcome = "throttled", user, address = %addr, "too many failed logins; refused without checking the password");
+            self.count("throttled");
             return Err(ApiError::new(ErrorCode::TooManyRequests, "too many failed login attempts; try again later")
                 .header(header::RETRY_AFTER, wait.as_secs().max(1).to_string()));
         }
@@ -94,6 +109,7 @@ impl Security {
                 limiter.failed(addr, user, Instant::now());
             }
             tracing::warn!(target: "berth::auth", outcome = "failed", user, address = %addr, "wrong user name or password");
+            self.count("bad_credentials");
             Err(ApiError::new(ErrorCode::Unauthorized, "wrong user name or password"))
         }
     }
@@ -132,6 +148,7 @@ impl Security {
                 }
                 Err(e) => {
                     tracing::warn!(target: "berth::auth", outcome = "failed", address = ?conn.ip, reason = %e, "bearer token refused");
+                    self.count("bad_token");
                     Err(self.challenge(ApiError::new(ErrorCode::Unauthorized, format!("invalid token: {e}")), conn, None, true))
                 }
             };
@@ -178,6 +195,7 @@ impl Security {
             Need::Login => ("login", None, None),
         };
         let user = caller.identity.user.as_deref();
+        self.count("denied");
         tracing::info!(target: "berth::auth", outcome = "denied", user = user.unwrap_or("-"), address = ?conn.ip, repository = repo.map_or("-", RepoName::as_str), action = what, "access denied");
         let anonymous = user.is_none();
         let message = match repo {

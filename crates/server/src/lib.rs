@@ -61,6 +61,9 @@ pub fn router_with(registry: Registry, obs: Observability) -> Router {
 /// [`router_with`] under `security`: every API request authenticated and authorized, the token
 /// endpoint at `/auth/token` in token mode, and the admin API and `/metrics` for admins only.
 pub fn secured_router(registry: Registry, obs: Observability, security: Arc<Security>) -> Router {
+    if let Some(m) = &obs.metrics {
+        let _ = security.metrics.set(m.clone());
+    }
     let state = App { registry: registry.clone(), security };
     let mut app = Router::new()
         .route("/auth/token", axum::routing::any(token::endpoint))

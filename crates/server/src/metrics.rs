@@ -115,6 +115,11 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StorageLabels {
     driver: &'static str,
     action: &'static str,
@@ -191,6 +196,7 @@ struct Inner {
     in_flight: Gauge,
     storage_seconds: HistogramFamily<StorageLabels>,
     storage_errors: Family<StorageLabels, Counter>,
+    auth_failures: Family<AuthLabels, Counter>,
     storage_refresh: Duration,
     provider: RwLock<Option<StorageTotalsProvider>>,
     /// What the storage collector exposes; replaced on each refresh.
@@ -231,6 +237,12 @@ impl Metrics {
         );
         let storage_errors = Family::<StorageLabels, Counter>::default();
         registry.register("berth_storage_action_errors", "Blob store operations that failed, by driver and action", storage_errors.clone());
+        let auth_failures = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "berth_auth_failures",
+            "Refused authentication and authorization, by reason: bad_credentials (wrong user or password), bad_token (invalid, expired or foreign token), throttled (too many failed logins), denied (authenticated or anonymous, but not allowed)",
+            auth_failures.clone(),
+        );
         let totals = Arc::new(RwLock::new(None));
         registry.register_collector(Box::new(StorageCollector { totals: totals.clone() }));
         Metrics {
@@ -244,12 +256,19 @@ impl Metrics {
                 in_flight,
                 storage_seconds,
                 storage_errors,
+                auth_failures,
                 storage_refresh: options.storage_refresh,
                 provider: RwLock::new(None),
                 totals,
                 refreshed_at: tokio::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// Count one refused request or login (`reason`: `bad_credentials`, `bad_token`,
+    /// `throttled`, `denied`).
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.inner.auth_failures.get_or_create(&AuthLabels { reason }).inc();
     }
 
     /// Set where storage totals come from. Until this is called, the storage totals metrics are

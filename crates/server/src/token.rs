@@ -89,6 +89,7 @@ async fn post(app: &App, t: &TokenService, conn: &crate::auth::Conn, req: Reques
             let token = get("refresh_token").unwrap_or("");
             let refused = |why: &str| {
                 tracing::warn!(target: "berth::auth", outcome = "failed", address = ?conn.ip, reason = why, "refresh token refused");
+                app.security.count("bad_token");
                 ApiError::new(ErrorCode::Unauthorized, format!("invalid refresh token: {why}"))
             };
             let (user, fingerprint) = t.issuer.check_refresh_token(token, SystemTime::now()).map_err(|e| refused(&e.to_string()))?;

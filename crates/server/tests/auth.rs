@@ -75,14 +75,10 @@ async fn secured(kind: Kind, limits: UploadLimits, seeds: &[&str]) -> TestRegist
             AuthMode::Token(TokenService { issuer, verifier, realm: None, service: "berth".to_owned() })
         }
     };
-    let security = Security {
-        mode,
-        policy: auth::Policy::new(vec!["root".to_owned()], Default::default(), Some(rules())),
-        users: Some(users),
-        limiter: Some(auth::LoginLimiter::new(3, Duration::from_secs(60))),
-        uploads: Arc::new(limits),
-    };
-    t.router = server::secured_router(t.registry.clone(), Observability { metrics: None, metrics_on_main: true }, Arc::new(security));
+    let policy = auth::Policy::new(vec!["root".to_owned()], Default::default(), Some(rules()));
+    let security = Security::new(mode, policy, Some(users), Some(auth::LoginLimiter::new(3, Duration::from_secs(60))), limits);
+    let obs = Observability { metrics: Some(server::Metrics::default()), metrics_on_main: true };
+    t.router = server::secured_router(t.registry.clone(), obs, Arc::new(security));
     t
 }
 
@@ -167,6 +163,34 @@ async fn failed_logins_are_throttled() {
     let r = as_user(&t, &basic("alice"), "GET", "/v2/", Body::empty()).await;
     assert_eq!((r.status.as_u16(), r.error_code().as_str()), (429, "TOOMANYREQUESTS"), "even the right password waits");
     assert!(r.header("retry-after").and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| s >= 1));
+    // Other users from another address are not throttled; a denial and a bad token are
+    // counted too.
+    let elsewhere = |auth: String, method: &str, uri: &str| {
+        let info = server::ConnInfo { addr: "192.0.2.7:40000".parse().expect("addr"), tls: false, client_identity: None };
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", auth)
+            .extension(axum::extract::ConnectInfo(info))
+            .body(Body::empty())
+            .expect("request");
+        tower::ServiceExt::oneshot(t.router.clone(), req)
+    };
+    assert_eq!(elsewhere(basic("bob"), "DELETE", "/v2/team/app/manifests/1").await.expect("response").status(), 403);
+    assert_eq!(elsewhere("Bearer x.y.z".to_owned(), "GET", "/v2/").await.expect("response").status(), 401);
+    // The metrics (admins only on the main listener) count each refusal by reason.
+    let r = elsewhere(basic("root"), "GET", "/metrics").await.expect("response");
+    assert_eq!(r.status(), 200);
+    let body = http_body_util::BodyExt::collect(r.into_body()).await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    for line in [
+        r#"berth_auth_failures_total{reason="bad_credentials"} 3"#,
+        r#"berth_auth_failures_total{reason="throttled"} 1"#,
+        r#"berth_auth_failures_total{reason="denied"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    assert_eq!(elsewhere(basic("bob"), "GET", "/metrics").await.expect("response").status(), 403, "metrics are for admins");
 }
 
 #[tokio::test]
@@ -348,13 +372,8 @@ async fn external() -> (TestRegistry, auth::Issuer, auth::Issuer) {
     let service = auth::Issuer::new(key, "auth.example".to_owned(), "registry.example".to_owned(), lifetime.0, lifetime.1);
     let wrong_audience = auth::Issuer::new(auth::SigningKey::from_pem("same key", &pem).expect("key"), "auth.example".to_owned(), "elsewhere".to_owned(), lifetime.0, lifetime.1);
     let verifier = auth::Verifier::external("auth.example".to_owned(), "registry.example".to_owned(), None, Some(&jwks)).expect("verifier");
-    let security = Security {
-        mode: AuthMode::External { verifier, realm: "https://auth.example/token".to_owned(), service: "registry.example".to_owned() },
-        policy: auth::Policy::new(vec!["ops".to_owned()], Default::default(), None),
-        users: None,
-        limiter: None,
-        uploads: Arc::new(UploadLimits::default()),
-    };
+    let mode = AuthMode::External { verifier, realm: "https://auth.example/token".to_owned(), service: "registry.example".to_owned() };
+    let security = Security::new(mode, auth::Policy::new(vec!["ops".to_owned()], Default::default(), None), None, None, UploadLimits::default());
     t.router = server::secured_router(t.registry.clone(), Observability { metrics: None, metrics_on_main: true }, Arc::new(security));
     (t, service, wrong_audience)
 }
