@@ -303,7 +303,10 @@ fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
 async fn gc(cfg: &Config, dry_run: bool, grace: Option<std::time::Duration>) -> anyhow::Result<()> {
     let store = open_storage(cfg).await?;
     let meta = open_database(cfg).await?;
-    let registry = registry::Registry::new(meta.clone(), store, cfg.registry.clone());
+    // Deletions of untagged manifests are recorded (and queued for webhooks) in the database;
+    // this process writes no audit file.
+    let events = registry::EventsConfig { audit: registry::AuditSink::Off, ..cfg.events.clone() };
+    let registry = registry::Registry::with_events(meta.clone(), store, cfg.registry.clone(), events);
     let started = std::time::Instant::now();
     let last = std::sync::Mutex::new(std::time::Instant::now() - std::time::Duration::from_secs(1));
     let progress = |p: registry::GcProgress| {
@@ -313,18 +316,23 @@ async fn gc(cfg: &Config, dry_run: bool, grace: Option<std::time::Duration>) -> 
         }
         *last = std::time::Instant::now();
         match p {
+            registry::GcProgress::Untagged { deleted } => eprintln!("  untagged manifests {}: {deleted}", if dry_run { "to delete" } else { "deleted" }),
             registry::GcProgress::Links { removed } => eprintln!("  unused repository links removed: {removed}"),
             registry::GcProgress::Blobs { deleted, bytes } => eprintln!("  blobs {}: {deleted} ({})", if dry_run { "to delete" } else { "deleted" }, human(bytes)),
         }
     };
     let grace_used = grace.unwrap_or(cfg.registry.gc_grace);
-    eprintln!("berth gc{}: grace period {}", if dry_run { " (dry run)" } else { "" }, humantime(grace_used));
+    let untagged = cfg.registry.gc_untagged.map_or_else(|| "kept".to_owned(), |d| format!("collected after {}", humantime(d)));
+    eprintln!("berth gc{}: grace period {}, untagged manifests {untagged}", if dry_run { " (dry run)" } else { "" }, humantime(grace_used));
     let r = registry.collect_garbage(dry_run, grace, &progress).await;
     meta.close().await;
     let r = r?;
     if dry_run {
+        println!("untagged manifests to delete: {}", r.untagged_deleted);
         println!("would delete {} blobs, {} ({:.1} s)", r.blobs_deleted, human(r.bytes_freed), started.elapsed().as_secs_f64());
     } else {
+        // Their blobs go in a later collection, gc.grace after the deletion.
+        println!("untagged manifests deleted: {}", r.untagged_deleted);
         println!(
             "removed {} unused repository links; deleted {} blobs, {} ({:.1} s){}",
             r.links_removed,
