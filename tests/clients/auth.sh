@@ -158,7 +158,10 @@ skopeo_auth() {
     fi
     cat "$AU/sk-bob-$mode.out"
     # The test CA is what makes the server trusted: without it the client refuses the server.
-    if sk inspect --creds "bob:$(pw bob)" --raw "docker://$r/team/multi:1" >"$AU/sk-noca-$mode.out" 2>&1; then
+    # (An empty --cert-dir: containers/image would otherwise also read the CA this group put
+    # under /etc/docker/certs.d for docker.)
+    mkdir -p "$AU/no-certs"
+    if sk inspect --cert-dir "$AU/no-certs" --creds "bob:$(pw bob)" --raw "docker://$r/team/multi:1" >"$AU/sk-noca-$mode.out" 2>&1; then
         echo "skopeo trusted the server without the test CA"
         return 1
     fi
@@ -262,12 +265,15 @@ podman_auth() {
     podman_cli load -i "$IMG/docker-v1.tar"
     podman_cli tag e2e/img:v1 "$r/team/podman:1"
     pw alice | podman_cli login --cert-dir "$AU/certs" -u alice --password-stdin "$r"
-    podman_cli push --cert-dir "$AU/certs" "$r/team/podman:1"
+    podman_cli push --cert-dir "$AU/certs" --digestfile "$AU/podman.digest" "$r/team/podman:1"
     podman_cli logout "$r"
     podman_cli rmi "$r/team/podman:1" >/dev/null
     pw bob | podman_cli login --cert-dir "$AU/certs" -u bob --password-stdin "$r"
     podman_cli pull --cert-dir "$AU/certs" "$r/team/podman:1"
-    assert_eq "$(podman_cli image inspect --format '{{.Id}}' "$r/team/podman:1")" "${CFG_V1#sha256:}" "bob pulls what alice pushed with podman"
+    podman_cli image exists "$r/team/podman:1"
+    # What the registry serves under the tag is, byte for byte, what podman pushed.
+    sk inspect --cert-dir "$AU/certs" --creds "bob:$(pw bob)" --raw "docker://$r/team/podman:1" >"$AU/podman-manifest.json"
+    assert_eq "$(sha256_of "$AU/podman-manifest.json")" "$(cat "$AU/podman.digest")" "bob pulls what alice pushed with podman"
     podman_cli logout "$r"
 }
 

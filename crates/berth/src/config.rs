@@ -609,8 +609,8 @@ impl RawConfig {
                 return Err(err(&at("url"), format!("{url:?} must be an http:// or https:// URL")));
             }
             for a in &e.actions {
-                if !["push", "pull", "delete", "mount"].contains(&a.as_str()) {
-                    return Err(err(&at("actions"), format!("{a:?} is not one of push, pull, delete, mount")));
+                if !EVENT_ACTIONS.contains(&a.as_str()) {
+                    return Err(err(&at("actions"), format!("{a:?} is not one of {}", EVENT_ACTIONS.join(", "))));
                 }
             }
             for r in &e.repositories {
@@ -697,6 +697,25 @@ impl RawConfig {
         })
     }
 }
+
+/// The event actions a webhook endpoint may ask for (`tag`: every event naming a tag).
+const EVENT_ACTIONS: [&str; 15] = [
+    "push",
+    "pull",
+    "delete",
+    "mount",
+    "tag",
+    "gc",
+    "quota_exceeded",
+    "login",
+    "login_failed",
+    "denied_pull",
+    "denied_push",
+    "denied_delete",
+    "denied_catalog",
+    "denied_admin",
+    "denied_login",
+];
 
 /// Parse the policy rules, naming the key path of the first bad one.
 fn resolve_policies(raw: RawPolicies) -> Result<registry::Policies, ConfigError> {

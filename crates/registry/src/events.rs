@@ -77,8 +77,17 @@ pub struct WebhookEndpoint {
 }
 
 impl WebhookEndpoint {
-    fn wants(&self, action: &str, repo: &str) -> bool {
-        (self.actions.is_empty() || self.actions.iter().any(|a| a == action))
+    /// Whether this endpoint wants an event: its action is listed (`tag` stands for every
+    /// event that names a tag: a push by tag, a tag deletion; no list means the changes and
+    /// pulls of repositories, not access decisions, refusals or collections, which a receiver
+    /// built for Distribution's events would not expect), and its repository matches.
+    fn wants(&self, action: &str, repo: &str, tagged: bool) -> bool {
+        let listed = if self.actions.is_empty() {
+            ["push", "pull", "delete", "mount"].contains(&action)
+        } else {
+            self.actions.iter().any(|a| a == action || (tagged && a == "tag"))
+        };
+        listed
             && (self.repositories.is_empty() || self.repositories.iter().any(|p| glob_match(p, repo)))
     }
 }
@@ -225,7 +234,7 @@ impl Registry {
         let ctx = REQUEST.try_with(Clone::clone).unwrap_or_default();
         let repo = facts.repo.as_str();
         let endpoints =
-            self.inner.events.config.endpoints.iter().filter(|e| e.wants(facts.action, repo)).map(|e| e.name.clone()).collect();
+            self.inner.events.config.endpoints.iter().filter(|e| e.wants(facts.action, repo, facts.tag.is_some())).map(|e| e.name.clone()).collect();
         NewEvent {
             time_ms: meta_now(),
             action: facts.action,
@@ -284,19 +293,26 @@ impl Registry {
     /// batches: a refused request must not cost a write transaction of its own, or a flood of
     /// them would be a cheap way to load the database.
     pub fn record_access_event(&self, action: &'static str, repo: Option<&RepoName>, user: Option<&str>) {
+        self.record_offpath(action, repo, user.map(str::to_owned), None, None);
+    }
+
+    /// Record, off the request path, an event that changes nothing: an access decision, a
+    /// refused push (`quota_exceeded`, with the blob and its size), a collection's summary
+    /// (`gc`, with the bytes it freed). Dropped (and logged) if the recorder is far behind.
+    pub(crate) fn record_offpath(&self, action: &'static str, repo: Option<&RepoName>, user: Option<String>, digest: Option<String>, size: Option<u64>) {
         let ctx = REQUEST.try_with(Clone::clone).unwrap_or_default();
         let repository = repo.map_or("", RepoName::as_str);
-        let endpoints = self.inner.events.config.endpoints.iter().filter(|e| e.wants(action, repository)).map(|e| e.name.clone()).collect();
+        let endpoints = self.inner.events.config.endpoints.iter().filter(|e| e.wants(action, repository, false)).map(|e| e.name.clone()).collect();
         let event = NewEvent {
             time_ms: meta_now(),
             action,
             repository: repository.to_owned(),
-            digest: None,
+            digest,
             tag: None,
             media_type: None,
-            size: None,
+            size,
             from_repository: None,
-            actor: user.map(str::to_owned).or(ctx.actor),
+            actor: user.or(ctx.actor),
             address: ctx.address,
             request_id: (!ctx.request_id.is_empty()).then_some(ctx.request_id),
             user_agent: ctx.user_agent,
@@ -304,7 +320,7 @@ impl Registry {
             endpoints,
         };
         if self.inner.events.pulls.try_send(event).is_err() {
-            tracing::warn!(action, "the event recorder is behind; an access event was dropped");
+            tracing::warn!(action, "the event recorder is behind; an event was dropped");
         }
     }
 

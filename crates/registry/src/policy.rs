@@ -152,6 +152,7 @@ impl Registry {
             Ok(()) => Ok(()),
             Err(e) => {
                 if matches!(e, meta::MetaError::QuotaExceeded { .. }) {
+                    self.record_offpath("quota_exceeded", Some(repo), None, Some(digest.to_string()), Some(size));
                     self.drop_refused_upload(id, driver_state, has_session).await;
                 }
                 Err(e.into())

@@ -56,12 +56,13 @@ pub async fn log_request(req: Request, next: Next) -> Response {
         method = %method,
         route = info.map_or("-", |i| i.template),
         repository = info.and_then(|i| i.repo.as_ref()).map_or("-", RepoName::as_str),
-        user = info.and_then(|i| i.user.as_deref()).unwrap_or("-"),
         status = resp.status().as_u16(),
         bytes_in,
         bytes_out = length(resp.headers()),
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
         request_id = %request_id,
+        // Last, so tools matching the earlier fields' order keep working.
+        user = info.and_then(|i| i.user.as_deref()).unwrap_or("-"),
     );
     resp
 }

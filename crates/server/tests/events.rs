@@ -226,3 +226,47 @@ async fn audit_file_and_admin_api() {
     let bad = t.get("/admin/audit?since=yesterday").await;
     assert_eq!((bad.status, bad.error_code().as_str()), (StatusCode::BAD_REQUEST, "QUERY_INVALID"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_can_ask_for_tag_events_and_quota_refusals() {
+    let port = free_port();
+    let got = Received::default();
+    let (stop_rx, _rx_task) = receiver(port, got.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = storage::fs::FsStore::open(dir.path(), false).unwrap();
+    let meta = meta::MetaStore::open_sqlite(&dir.path().join("meta.db"), false).await.unwrap();
+    let quota = meta::Quota { namespace: "team/**".parse().unwrap(), limit: 2000 };
+    let config = RegistryConfig { policies: registry::Policies { immutable_tags: Vec::new(), quotas: vec![quota] }, ..RegistryConfig::default() };
+    let events = EventsConfig { endpoints: vec![endpoint(port, WebhookFormat::Distribution, &["tag", "quota_exceeded"])], ..Default::default() };
+    let registry = Registry::with_events(meta, Arc::new(blobs), config, events);
+    let t = TestRegistry { router: server::router(registry.clone()), registry, dir };
+    let stop = CancellationToken::new();
+    let tasks = t.registry.spawn_events(stop.clone());
+
+    // Blob pushes name no tag: not sent. The manifest pushed by tag is.
+    let (_, d) = t.push_image("team/app", "v1", "a").await;
+    // Over the quota: refused, and the refusal is an event.
+    let big = vec![7u8; 5000];
+    let r = t.req("POST", &format!("/v2/team/app/blobs/uploads/?digest={}", sha256(&big)), &[], big.clone()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Deleting the tag names it.
+    assert_eq!(t.req("DELETE", "/v2/team/app/manifests/v1", &[], vec![]).await.status, StatusCode::ACCEPTED);
+
+    wait_for("3 events", || got.events().len() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events = got.events();
+    let summary: Vec<(String, String)> = events.iter().map(|e| (e["action"].as_str().unwrap().to_owned(), e["target"]["tag"].as_str().unwrap_or("-").to_owned())).collect();
+    let mut sorted = summary.clone();
+    sorted.sort();
+    assert_eq!(sorted, [("delete".into(), "v1".into()), ("push".into(), "v1".into()), ("quota_exceeded".into(), "-".into())], "{events:?}");
+    let refusal = events.iter().find(|e| e["action"] == "quota_exceeded").unwrap();
+    assert_eq!(refusal["target"]["repository"], "team/app");
+    assert_eq!(refusal["target"]["digest"], sha256(&big).as_str());
+    assert_eq!(refusal["target"]["size"], 5000);
+    assert!(events.iter().any(|e| e["action"] == "push" && e["target"]["digest"] == d.as_str()));
+    stop.cancel();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    stop_rx.cancel();
+}
