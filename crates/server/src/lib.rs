@@ -165,11 +165,18 @@ async fn dispatch(State(app): State<App>, req: Request) -> Response {
     let catalog_filter: Option<&(dyn Fn(&str) -> bool + Sync)> =
         if security.is_open() || matches!(security.mode, auth::Mode::External { .. }) { None } else { Some(&visible) };
     let user = caller.identity.user.clone();
-    let mut ctx = registry::REQUEST.try_with(Clone::clone).unwrap_or_default();
-    ctx.actor.clone_from(&user);
-    let result = registry::REQUEST
-        .scope(ctx, handle(&app.registry, &parts.method, &route, &query, &parts.headers, body, catalog_filter))
-        .await;
+    let work = handle(&app.registry, &parts.method, &route, &query, &parts.headers, body, catalog_filter);
+    let result = match &user {
+        // The events of a signed-in caller's request name the caller.
+        Some(u) => {
+            let mut ctx = registry::REQUEST.try_with(Clone::clone).unwrap_or_default();
+            ctx.actor = Some(u.clone());
+            registry::REQUEST.scope(ctx, work).await
+        }
+        // Anonymous (and every request with access control off): the context as it is, at no
+        // cost on the hot path.
+        None => work.await,
+    };
     finish(result, Some(&route), user.as_deref())
 }
 
