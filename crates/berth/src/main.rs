@@ -5,6 +5,7 @@
 mod bench;
 mod config;
 mod fsck;
+mod gc_cli;
 mod import;
 mod lifecycle;
 mod migrate;
@@ -70,6 +71,8 @@ enum Command {
         /// fail (cleanly) and must be retried.
         #[arg(long, value_parser = parse_duration_arg)]
         grace: Option<std::time::Duration>,
+        #[command(flatten)]
+        remote: gc_cli::RemoteArgs,
     },
     /// Scrub blob storage against the database: re-hash blobs, find missing, damaged and
     /// orphaned ones (exit 1 when problems remain). Safe while servers run on the same data.
@@ -181,7 +184,8 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
-        Command::Gc { config, data_dir, dry_run, grace } => {
+        Command::Gc { remote, dry_run, grace, .. } if remote.url.is_some() => gc_cli::main(&remote, dry_run, grace),
+        Command::Gc { config, data_dir, dry_run, grace, remote: _ } => {
             let result = config::load(config.as_deref(), env_vars(), &Overrides { listen: None, data_dir })
                 .map_err(|e| anyhow::anyhow!("configuration error: {e}"))
                 .and_then(|cfg| runtime().block_on(gc(&cfg, dry_run, grace)));
@@ -321,6 +325,7 @@ async fn gc(cfg: &Config, dry_run: bool, grace: Option<std::time::Duration>) -> 
             registry::GcProgress::Blobs { deleted, bytes } => eprintln!("  blobs {}: {deleted} ({})", if dry_run { "to delete" } else { "deleted" }, human(bytes)),
         }
     };
+    gc_cli::note_if_server_running(cfg);
     let grace_used = grace.unwrap_or(cfg.registry.gc_grace);
     let untagged = cfg.registry.gc_untagged.map_or_else(|| "kept".to_owned(), |d| format!("collected after {}", humantime(d)));
     eprintln!("berth gc{}: grace period {}, untagged manifests {untagged}", if dry_run { " (dry run)" } else { "" }, humantime(grace_used));

@@ -133,3 +133,90 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// `berth gc --url URL [flags...]`, with `stdin` on standard input.
+fn gc_remote(url: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.arg("gc").arg("--url").arg(url).args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("BERTH_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run berth gc --url");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("berth gc --url");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn berth_gc_url_asks_the_running_server_to_collect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, None, &dir.path().join("server.log"));
+    let url = format!("http://{}", server.addr);
+    let stray_bytes: &[u8] = b"collected by the server itself";
+    let stray = sha256_digest(stray_bytes);
+    let r = request(server.addr, "POST", &format!("/v2/app/blobs/uploads/?digest={stray}"), &[], stray_bytes).expect("push");
+    assert_eq!(r.status, 201, "{}", r.describe());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+
+    let (ok, out, err) = gc_remote(&url, &[], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("removed 0 unused repository links; deleted 0 blobs"), "the server's grace period (24h) keeps it: {out}");
+    assert!(err.contains(&format!("asking {url} to collect")), "{err}");
+    let (ok, out, err) = gc_remote(&format!("{url}/"), &["--dry-run", "--grace", "0s"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("untagged manifests to delete: 0") && out.contains("would delete 1 blobs, 30 B"), "{out}");
+    assert!(err.contains("dry run"), "{err}");
+    assert_eq!(request(server.addr, "GET", &format!("/v2/app/blobs/{stray}"), &[], b"").expect("get").status, 200, "a dry run deletes nothing");
+    let (ok, out, err) = gc_remote(&url, &["--grace", "0s"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("untagged manifests deleted: 0") && out.contains("removed 1 unused repository links; deleted 1 blobs, 30 B"), "{out}");
+    assert_eq!(request(server.addr, "GET", &format!("/v2/app/blobs/{stray}"), &[], b"").expect("get").status, 404);
+    assert!(walk(&data.join("blobs")).is_empty(), "the bytes are gone from disk");
+    assert!(server.log().contains("garbage collected"), "the server ran it: {}", server.log_tail());
+
+    // Flags that make no sense together, and a server that is not there.
+    let (ok, _, err) = gc_remote(&url, &["--data-dir", "/tmp"], "");
+    assert!(!ok && err.contains("--data-dir"), "{err}");
+    let (ok, _, err) = gc_remote("http://127.0.0.1:9", &[], "");
+    assert!(!ok && err.contains("reaching http://127.0.0.1:9"), "{err}");
+    let (ok, _, err) = gc_remote("localhost:5000", &[], "");
+    assert!(!ok && err.contains("http://"), "{err}");
+}
+
+#[test]
+fn berth_gc_url_needs_an_admin_when_access_control_is_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let users = dir.path().join("htpasswd");
+    for (name, password) in [("ops", "ops-secret"), ("dev", "dev-secret")] {
+        let mut add = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["user", "add", name, "--cost", "4", "--password-stdin", "--file"])
+            .arg(&users)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("berth user add");
+        std::io::Write::write_all(&mut add.stdin.take().expect("stdin"), format!("{password}\n").as_bytes()).expect("password");
+        assert!(add.wait().expect("user add").success());
+    }
+    let config = dir.path().join("berth.yaml");
+    std::fs::write(&config, format!("auth:\n  mode: basic\n  htpasswd: {}\n  admins: [ops]\n", users.display())).expect("config");
+    let server = Server::start_probed(&data, Some(&config), &dir.path().join("server.log"), &|addr| {
+        request(addr, "GET", "/v2/", &[], b"").is_ok_and(|r| r.status == 401)
+    });
+    let url = format!("http://{}", server.addr);
+
+    let (ok, _, err) = gc_remote(&url, &[], "");
+    assert!(!ok && err.contains("401") && err.contains("--user"), "{err}");
+    let (ok, _, err) = gc_remote(&url, &["--user", "dev", "--password-stdin"], "dev-secret\n");
+    assert!(!ok && err.contains("403"), "not an admin: {err}");
+    let (ok, _, err) = gc_remote(&url, &["--user", "ops", "--password-stdin"], "wrong\n");
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, out, err) = gc_remote(&url, &["--user", "ops", "--password-stdin", "--dry-run"], "ops-secret\n");
+    assert!(ok, "{err}");
+    assert!(out.contains("would delete 0 blobs"), "{out}");
+}

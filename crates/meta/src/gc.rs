@@ -43,6 +43,7 @@
 use oci::Digest;
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::schema::Dialect;
 use crate::store::{MetaStore, now_ms, to_u64};
 use crate::{MetaError, Result};
 
@@ -69,6 +70,18 @@ fn parse_digest(s: &str) -> Result<Digest> {
 }
 
 impl MetaStore {
+    /// How many rows a collection should change per transaction. On SQLite every write of the
+    /// process goes through one connection in turn, so a push's write waits behind at most one
+    /// collection transaction: keeping those to a few rows keeps pushes at nearly full speed
+    /// while a collection runs (commits are cheap there, in WAL mode). On PostgreSQL row locks
+    /// let them run side by side and each commit costs a WAL flush: larger transactions.
+    pub fn gc_rows_per_transaction(&self) -> usize {
+        match self.dialect {
+            Dialect::Sqlite => 5,
+            Dialect::Postgres => 50,
+        }
+    }
+
     /// Up to `limit` links last used before `cutoff_ms` that no manifest of their repository
     /// references, after `after` (keyset order: repository id, digest).
     pub async fn gc_link_candidates(&self, cutoff_ms: i64, after: Option<&LinkCandidate>, limit: u32) -> Result<Vec<LinkCandidate>> {

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     InsufficientScope,
     Unsupported,
     TooManyRequests,
+    /// The request conflicts with work in progress (a garbage collection already running).
+    Conflict,
     /// A route that does not exist.
     NotFound,
     /// The request was well formed but the server failed; details go to the log, not the client.
@@ -62,6 +64,7 @@ impl ErrorCode {
             ErrorCode::Denied | ErrorCode::InsufficientScope => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::Conflict => "CONFLICT",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::Unknown => "UNKNOWN",
             ErrorCode::Unavailable => "UNAVAILABLE",

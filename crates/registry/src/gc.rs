@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -30,9 +31,6 @@ use crate::{Registry, Result};
 
 /// Candidates read per listing query.
 const BATCH: u32 = 500;
-/// Rows changed per transaction: small, so that on SQLite (one writer at a time) pushes never
-/// wait long behind a collection, and few enough commits that a large collection stays fast.
-const TX_ROWS: usize = 50;
 /// A pending tombstone this old belongs to a collection that stopped before deleting the
 /// bytes (a running one finishes a batch's deletes within moments).
 const PENDING_STALE: Duration = Duration::from_secs(600);
@@ -41,6 +39,48 @@ const STORAGE_DELETES_IN_FLIGHT: usize = 16;
 /// Tombstones are kept this long: far longer than a push takes between reading its mark and
 /// recording its blob.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Whether a collection started by this process's background task or admin API is running.
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Held while this process runs a collection through its background task or the admin API:
+/// at most one at a time, so a second request is refused (409) rather than run beside it (two
+/// would compete for the same rows and, on SQLite, for the one write connection). Collections
+/// in other processes (`berth gc` without `--url`, other nodes) are not counted: running
+/// beside them is safe, only slower.
+#[derive(Debug)]
+pub struct GcGuard(());
+
+impl GcGuard {
+    /// The guard, or `None` while another holder has it.
+    pub fn try_acquire() -> Option<GcGuard> {
+        RUNNING.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| GcGuard(()))
+    }
+}
+
+impl Drop for GcGuard {
+    fn drop(&mut self) {
+        RUNNING.store(false, Ordering::Release);
+    }
+}
+
+/// What a collection did (or, dry, would do).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Untagged manifests deleted (or that would be), with the referrers and index children
+    /// that went with them (`gc_untagged`).
+    pub untagged_deleted: u64,
+    /// Repository links removed.
+    pub links_removed: u64,
+    /// Blobs deleted (or that would be).
+    pub blobs_deleted: u64,
+    /// Their bytes.
+    pub bytes_freed: u64,
+    /// Blobs forgotten by the database whose bytes storage failed to delete (left as orphans
+    /// for the scrub; they are never served again).
+    pub storage_errors: u64,
+}
 
 /// What a collection did (or, dry, would do).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +171,7 @@ impl Registry {
         let mut after = None;
         loop {
             let page = meta.gc_link_candidates(cut, after.as_ref(), BATCH).await?;
-            for chunk in page.chunks(TX_ROWS) {
+            for chunk in page.chunks(meta.gc_rows_per_transaction()) {
                 report.links_removed += meta.gc_unlink(chunk, cut).await?;
             }
             progress(GcProgress::Links { removed: report.links_removed });
@@ -146,11 +186,26 @@ impl Registry {
             let page = meta.gc_blob_candidates(cut, after.as_ref(), BATCH).await?;
             let digests: Vec<Digest> = page.iter().map(|b| b.digest.clone()).collect();
             let sizes: HashMap<&Digest, u64> = page.iter().map(|b| (&b.digest, b.size)).collect();
-            for chunk in digests.chunks(TX_ROWS) {
-                let forgotten = meta.gc_forget_blobs(chunk, cut).await?;
-                report.blobs_deleted += forgotten.len() as u64;
-                report.bytes_freed += forgotten.iter().map(|(_, d)| sizes.get(d).copied().unwrap_or(0)).sum::<u64>();
-                report.storage_errors += self.delete_bytes(forgotten).await?;
+            // The page's bytes are deleted together (many in flight), after its transactions;
+            // also when one of them fails, so that nothing stays pending.
+            let mut forgotten_page = Vec::new();
+            let mut failed = None;
+            for chunk in digests.chunks(meta.gc_rows_per_transaction()) {
+                match meta.gc_forget_blobs(chunk, cut).await {
+                    Ok(forgotten) => {
+                        report.blobs_deleted += forgotten.len() as u64;
+                        report.bytes_freed += forgotten.iter().map(|(_, d)| sizes.get(d).copied().unwrap_or(0)).sum::<u64>();
+                        forgotten_page.extend(forgotten);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            report.storage_errors += self.delete_bytes(forgotten_page).await?;
+            if let Some(e) = failed {
+                return Err(e.into());
             }
             progress(GcProgress::Blobs { deleted: report.blobs_deleted, bytes: report.bytes_freed });
             match page.last() {
@@ -258,6 +313,19 @@ impl Registry {
         }
     }
 
+    /// Start one collection in a task of its own (the admin API's `POST /admin/gc`), unless
+    /// one is running in this process already (`None`). It holds the process's [`GcGuard`] and
+    /// runs to its end even if whoever started it stops waiting (a client that hangs up), so
+    /// it never leaves tombstones pending for the next collection to finish.
+    pub fn start_garbage_collection(&self, dry_run: bool, grace: Option<Duration>) -> Option<tokio::task::JoinHandle<Result<GcReport>>> {
+        let running = GcGuard::try_acquire()?;
+        let registry = self.clone();
+        Some(tokio::spawn(async move {
+            let _running = running;
+            registry.collect_garbage(dry_run, grace, &|_| {}).await
+        }))
+    }
+
     /// Collect garbage every `gc_interval` until `shutdown` is cancelled (the first run one
     /// interval after start). Every node may run it: each step is safe against the others.
     pub fn spawn_gc(&self, shutdown: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
@@ -269,6 +337,10 @@ impl Registry {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     _ = tick.tick() => {
+                        let Some(_running) = GcGuard::try_acquire() else {
+                            tracing::info!("background garbage collection skipped: a collection is already running in this process");
+                            continue;
+                        };
                         // Cancelled mid-run by shutdown: every step is its own transaction.
                         tokio::select! {
                             () = shutdown.cancelled() => return,

@@ -30,7 +30,7 @@ use std::time::Duration;
 pub use error::Error;
 pub use events::{AuditSink, EventsConfig, REQUEST, RequestContext, WebhookEndpoint, WebhookFormat};
 pub use fsck::{Damage, DamagedBlob, FsckOptions, FsckPhase, FsckProgress, FsckReport, ORPHAN_MIN_AGE, OrphanBlob, OrphanState};
-pub use gc::{GcProgress, GcReport};
+pub use gc::{GcGuard, GcProgress, GcReport};
 pub use janitor::Sweep;
 pub use lifecycle::{KeptTag, TagDeletion, TagFilter, TagReport, parse_age};
 pub use manifests::{ManifestPut, Page, Referrers, MAX_PAGE};

@@ -5,13 +5,14 @@
 //! event id, for paging). `GET /admin/webhooks` shows each endpoint's queue and delivery counts.
 //! `GET /admin/usage` reports each quota's namespace and every repository by stored bytes.
 //! `DELETE /admin/repositories/<name>` and `DELETE /admin/repositories/<name>/tags` delete in
-//! bulk (see `admin_repos`).
+//! bulk (see `admin_repos`). `POST /admin/gc?dry_run=&grace=` runs one garbage collection in
+//! this process and answers its report (`409 CONFLICT` while one is running here).
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use oci::ErrorCode;
 use registry::Registry;
 
@@ -61,6 +62,16 @@ pub fn routes(registry: Registry) -> Router {
         )
         .route("/admin/webhooks", get(|State(reg): State<Registry>| async move { webhooks(&reg).await.unwrap_or_else(IntoResponse::into_response) }))
         .route("/admin/usage", get(|State(reg): State<Registry>| async move { usage(&reg).await.unwrap_or_else(IntoResponse::into_response) }))
+        .route(
+            "/admin/gc",
+            post(|State(reg): State<Registry>, RawQuery(q): RawQuery| async move {
+                let r = match Query::parse(q.as_deref()).and_then(|query| gc_params(&query)) {
+                    Ok((dry_run, grace)) => gc(&reg, dry_run, grace).await,
+                    Err(e) => Err(e),
+                };
+                r.unwrap_or_else(IntoResponse::into_response)
+            }),
+        )
         .with_state(registry.clone())
         .merge(crate::admin_repos::routes(registry))
 }
@@ -82,6 +93,47 @@ pub async fn audit(reg: &Registry, query: &Query) -> Result<Response, ApiError> 
 pub async fn webhooks(reg: &Registry) -> Result<Response, ApiError> {
     let status = reg.webhook_status().await?;
     Ok((StatusCode::OK, axum::Json(serde_json::json!({ "endpoints": status }))).into_response())
+}
+
+/// `dry_run` and `grace` of `POST /admin/gc`. Any other key is refused: a misspelt
+/// `dry_run` must not turn into a real collection.
+fn gc_params(query: &Query) -> Result<(bool, Option<std::time::Duration>), ApiError> {
+    let invalid = |m: String| ApiError::new(ErrorCode::QueryInvalid, m);
+    if let Some((k, _)) = query.0.iter().find(|(k, _)| k != "dry_run" && k != "grace") {
+        return Err(invalid(format!("unknown parameter {k:?} (dry_run, grace)")));
+    }
+    let dry_run = match query.get("dry_run") {
+        None | Some("false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(other) => return Err(invalid(format!("dry_run: {other:?} must be true or false"))),
+    };
+    let grace = match query.get("grace") {
+        None => None,
+        Some(v) => Some(registry::parse_age(v).ok_or_else(|| invalid(format!("grace: {v:?} is not a duration like 10m, 24h or 0s")))?),
+    };
+    Ok((dry_run, grace))
+}
+
+/// One collection in this process, to its end; the report as JSON.
+pub async fn gc(reg: &Registry, dry_run: bool, grace: Option<std::time::Duration>) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let run = reg
+        .start_garbage_collection(dry_run, grace)
+        .ok_or_else(|| ApiError::new(ErrorCode::Conflict, "a garbage collection is already running on this server"))?;
+    let r = run.await.map_err(|e| ApiError::new(ErrorCode::Unknown, format!("garbage collection task: {e}")))??;
+    Ok((
+        StatusCode::OK,
+        axum::Json(serde_json::json!({
+            "dry_run": r.dry_run,
+            "untagged_deleted": r.untagged_deleted,
+            "links_removed": r.links_removed,
+            "blobs_deleted": r.blobs_deleted,
+            "bytes_freed": r.bytes_freed,
+            "storage_errors": r.storage_errors,
+            "seconds": started.elapsed().as_secs_f64(),
+        })),
+    )
+        .into_response())
 }
 
 pub async fn usage(reg: &Registry) -> Result<Response, ApiError> {

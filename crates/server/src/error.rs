@@ -30,6 +30,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
         ErrorCode::Denied => StatusCode::FORBIDDEN,
         ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }

@@ -216,3 +216,55 @@ async fn gc_racing_pushes_never_loses_a_blob_postgres() {
     let registry = Registry::new(meta, Arc::new(blobs), config);
     race(TestRegistry { router: server::router(registry.clone()), registry, dir }).await;
 }
+
+/// `POST /admin/gc`: one collection inside the server, its report as JSON; a dry run changes
+/// nothing; a second request while one runs in this process is refused; bad parameters are
+/// named.
+#[tokio::test]
+async fn admin_gc_collects_inside_the_server() {
+    let t = support::registry().await;
+    let (kept, _) = t.push_image("app", "v1", "kept").await;
+    let garbage: &[u8] = b"garbage for the admin API";
+    let stray = t.push_blob("app", garbage).await;
+    tokio::time::sleep(Duration::from_millis(3)).await;
+
+    // With the configured grace period (24 h) nothing goes.
+    let r = t.req("POST", "/admin/gc", &[], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let j = r.json();
+    assert_eq!((j["dry_run"].as_bool(), j["links_removed"].as_u64(), j["blobs_deleted"].as_u64()), (Some(false), Some(0), Some(0)), "{j}");
+
+    let r = t.req("POST", "/admin/gc?dry_run=true&grace=0s", &[], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let j = r.json();
+    assert_eq!((j["dry_run"].as_bool(), j["blobs_deleted"].as_u64(), j["bytes_freed"].as_u64()), (Some(true), Some(1), Some(garbage.len() as u64)), "{j}");
+    assert!(t.registry.blobs().stat(&stray).await.expect("stat").is_some(), "a dry run deletes nothing");
+
+    // One collection at a time in a process: the background task and the API share the guard.
+    let held = registry::GcGuard::try_acquire().expect("no collection is running");
+    let r = t.req("POST", "/admin/gc?grace=0s", &[], "").await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::CONFLICT, "CONFLICT"));
+    assert!(t.registry.start_garbage_collection(false, None).is_none());
+    drop(held);
+    assert_eq!(t.get(&format!("/v2/app/blobs/{stray}")).await.status, StatusCode::OK, "the refused request collected nothing");
+
+    for q in ["grace=soon", "grace=", "dry_run=maybe", "dryrun=true"] {
+        let r = t.req("POST", &format!("/admin/gc?{q}"), &[], "").await;
+        assert_eq!((r.status, r.error_code().as_str()), (StatusCode::BAD_REQUEST, "QUERY_INVALID"), "{q}");
+    }
+    assert_eq!(t.req("GET", "/admin/gc", &[], "").await.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let r = t.req("POST", "/admin/gc?dry_run=false&grace=0s", &[], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let j = r.json();
+    assert_eq!(
+        (j["links_removed"].as_u64(), j["blobs_deleted"].as_u64(), j["bytes_freed"].as_u64(), j["storage_errors"].as_u64(), j["untagged_deleted"].as_u64()),
+        (Some(1), Some(1), Some(garbage.len() as u64), Some(0), Some(0)),
+        "{j}"
+    );
+    assert!(j["seconds"].as_f64().is_some(), "{j}");
+    assert_eq!(t.registry.blobs().stat(&stray).await.expect("stat"), None, "deleted from storage");
+    assert_eq!(t.get(&format!("/v2/app/blobs/{stray}")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(t.get("/v2/app/manifests/v1").await.body.as_ref(), kept.as_slice(), "the image stays");
+    assert!(registry::GcGuard::try_acquire().is_some(), "the guard is released when the collection ends");
+}
