@@ -393,6 +393,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let registry = registry::Registry::with_events(meta.clone(), blobs, cfg.registry.clone(), events);
     if let Some(m) = &metrics {
         m.set_storage_totals(server::metrics::registry_usage(registry.clone()));
+        m.set_gc_source(registry.clone());
     }
     let stop = CancellationToken::new();
     let janitor = registry.spawn_janitor(stop.clone());

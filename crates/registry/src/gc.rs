@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -82,22 +82,69 @@ pub struct GcReport {
     pub storage_errors: u64,
 }
 
-/// What a collection did (or, dry, would do).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct GcReport {
-    pub dry_run: bool,
-    /// Untagged manifests deleted (or that would be), with the referrers and index children
-    /// that went with them (`gc_untagged`).
+/// This registry's collections so far (dry runs not counted), for metrics.
+#[derive(Default)]
+pub(crate) struct GcStats {
+    runs: AtomicU64,
+    failures: AtomicU64,
+    micros: AtomicU64,
+    last_micros: AtomicU64,
+    untagged_deleted: AtomicU64,
+    links_removed: AtomicU64,
+    blobs_deleted: AtomicU64,
+    bytes_freed: AtomicU64,
+}
+
+impl GcStats {
+    fn record(&self, report: Option<&GcReport>, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.micros.fetch_add(micros, Ordering::Relaxed);
+        self.last_micros.store(micros, Ordering::Relaxed);
+        match report {
+            None => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(r) => {
+                self.untagged_deleted.fetch_add(r.untagged_deleted, Ordering::Relaxed);
+                self.links_removed.fetch_add(r.links_removed, Ordering::Relaxed);
+                self.blobs_deleted.fetch_add(r.blobs_deleted, Ordering::Relaxed);
+                self.bytes_freed.fetch_add(r.bytes_freed, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Totals of the collections this registry ran (in this process; dry runs not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GcTotals {
+    pub runs: u64,
+    /// Collections that stopped on an error.
+    pub failures: u64,
+    pub seconds: f64,
+    pub last_seconds: f64,
     pub untagged_deleted: u64,
-    /// Repository links removed.
     pub links_removed: u64,
-    /// Blobs deleted (or that would be).
     pub blobs_deleted: u64,
-    /// Their bytes.
     pub bytes_freed: u64,
-    /// Blobs forgotten by the database whose bytes storage failed to delete (left as orphans
-    /// for the scrub; they are never served again).
-    pub storage_errors: u64,
+}
+
+impl Registry {
+    /// What the collections of this process did so far.
+    pub fn gc_totals(&self) -> GcTotals {
+        let s = &self.inner.gc_stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        GcTotals {
+            runs: l(&s.runs),
+            failures: l(&s.failures),
+            seconds: l(&s.micros) as f64 / 1e6,
+            last_seconds: l(&s.last_micros) as f64 / 1e6,
+            untagged_deleted: l(&s.untagged_deleted),
+            links_removed: l(&s.links_removed),
+            blobs_deleted: l(&s.blobs_deleted),
+            bytes_freed: l(&s.bytes_freed),
+        }
+    }
 }
 
 /// Where a collection is, for progress output.
@@ -138,6 +185,22 @@ impl Registry {
 
     /// Collect garbage once, with the configured grace period (or `grace`).
     pub async fn collect_garbage(&self, dry_run: bool, grace: Option<Duration>, progress: &(dyn Fn(GcProgress) + Sync)) -> Result<GcReport> {
+        let started = std::time::Instant::now();
+        let result = self.collect_garbage_once(dry_run, grace, progress).await;
+        if !dry_run {
+            self.inner.gc_stats.record(result.as_ref().ok(), started.elapsed());
+            if let Ok(r) = &result
+                && (r.blobs_deleted > 0 || r.untagged_deleted > 0)
+            {
+                // One `gc` event per collection that deleted something, for the audit log and
+                // the webhooks that ask for it.
+                self.record_offpath("gc", None, None, None, Some(r.bytes_freed));
+            }
+        }
+        result
+    }
+
+    async fn collect_garbage_once(&self, dry_run: bool, grace: Option<Duration>, progress: &(dyn Fn(GcProgress) + Sync)) -> Result<GcReport> {
         let cut = cutoff(grace.unwrap_or(self.inner.config.gc_grace));
         let meta = &self.inner.meta;
         let mut report = GcReport { dry_run, ..GcReport::default() };

@@ -30,7 +30,7 @@ use std::time::Duration;
 pub use error::Error;
 pub use events::{AuditSink, EventsConfig, REQUEST, RequestContext, WebhookEndpoint, WebhookFormat};
 pub use fsck::{Damage, DamagedBlob, FsckOptions, FsckPhase, FsckProgress, FsckReport, ORPHAN_MIN_AGE, OrphanBlob, OrphanState};
-pub use gc::{GcGuard, GcProgress, GcReport};
+pub use gc::{GcGuard, GcProgress, GcReport, GcTotals};
 pub use janitor::Sweep;
 pub use lifecycle::{KeptTag, TagDeletion, TagFilter, TagReport, parse_age};
 pub use manifests::{ManifestPut, Page, Referrers, MAX_PAGE};
@@ -106,6 +106,8 @@ struct Inner {
     busy_uploads: Mutex<HashSet<oci::UploadId>>,
     /// Audit and webhook plumbing.
     events: events::EventsRuntime,
+    /// What this process's garbage collections did, for metrics.
+    gc_stats: gc::GcStats,
 }
 
 impl Registry {
@@ -119,7 +121,7 @@ impl Registry {
         // Every link of a blob is charged against the quotas in the linking transaction.
         let meta = meta.with_quotas(config.policies.quotas.clone());
         let events = events::EventsRuntime::new(events);
-        Registry { inner: Arc::new(Inner { meta, blobs, config, cache, busy_uploads: Mutex::default(), events }) }
+        Registry { inner: Arc::new(Inner { meta, blobs, config, cache, busy_uploads: Mutex::default(), events, gc_stats: gc::GcStats::default() }) }
     }
 
     pub fn config(&self) -> &RegistryConfig {

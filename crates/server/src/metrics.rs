@@ -197,6 +197,8 @@ struct Inner {
     storage_seconds: HistogramFamily<StorageLabels>,
     storage_errors: Family<StorageLabels, Counter>,
     auth_failures: Family<AuthLabels, Counter>,
+    /// Where the garbage collector's totals are read at each scrape.
+    gc: GcSource,
     storage_refresh: Duration,
     provider: RwLock<Option<StorageTotalsProvider>>,
     /// What the storage collector exposes; replaced on each refresh.
@@ -245,6 +247,8 @@ impl Metrics {
         );
         let totals = Arc::new(RwLock::new(None));
         registry.register_collector(Box::new(StorageCollector { totals: totals.clone() }));
+        let gc = GcSource::default();
+        registry.register_collector(Box::new(gc.clone()));
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -257,6 +261,7 @@ impl Metrics {
                 storage_seconds,
                 storage_errors,
                 auth_failures,
+                gc,
                 storage_refresh: options.storage_refresh,
                 provider: RwLock::new(None),
                 totals,
@@ -269,6 +274,12 @@ impl Metrics {
     /// `throttled`, `denied`).
     pub fn auth_failure(&self, reason: &'static str) {
         self.inner.auth_failures.get_or_create(&AuthLabels { reason }).inc();
+    }
+
+    /// Expose the garbage collections of `registry` (runs, duration, what they freed), read
+    /// at each scrape.
+    pub fn set_gc_source(&self, registry: registry::Registry) {
+        *self.inner.gc.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(registry);
     }
 
     /// Set where storage totals come from. Until this is called, the storage totals metrics are
@@ -478,6 +489,48 @@ impl<F: FnMut(u64) + Unpin> HttpBody for Counted<F> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Exposes the garbage collector's totals (nothing until a registry is set).
+#[derive(Clone, Default)]
+struct GcSource(Arc<RwLock<Option<registry::Registry>>>);
+
+impl std::fmt::Debug for GcSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GcSource")
+    }
+}
+
+impl Collector for GcSource {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(t) = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(registry::Registry::gc_totals) else {
+            return Ok(());
+        };
+        let counters = [
+            ("berth_gc_runs", "Garbage collections run by this process (dry runs not counted).", t.runs),
+            ("berth_gc_failures", "Garbage collections that stopped on an error.", t.failures),
+            ("berth_gc_untagged_manifests_deleted", "Untagged manifests deleted by garbage collection (gc.untagged).", t.untagged_deleted),
+            ("berth_gc_links_removed", "Repository-to-blob links removed by garbage collection.", t.links_removed),
+            ("berth_gc_blobs_deleted", "Blobs deleted by garbage collection.", t.blobs_deleted),
+            ("berth_gc_freed_bytes", "Bytes of the blobs deleted by garbage collection.", t.bytes_freed),
+        ];
+        for (name, help, value) in counters {
+            prometheus_client::metrics::counter::ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        prometheus_client::metrics::counter::ConstCounter::new(t.seconds).encode(encoder.encode_descriptor(
+            "berth_gc_duration_seconds",
+            "Time spent in garbage collections, in seconds.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(t.last_seconds).encode(encoder.encode_descriptor(
+            "berth_gc_last_duration_seconds",
+            "How long the last garbage collection took, in seconds.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        Ok(())
     }
 }
 

@@ -352,3 +352,47 @@ async fn a_separate_admin_listener_serves_metrics_the_main_one_records() {
     assert_eq!(bare.get("/healthz").await.status, StatusCode::OK);
     assert_eq!(bare.get("/metrics").await.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn garbage_collections_are_counted_and_recorded() {
+    let Setup { t, metrics, .. } = setup(Duration::from_secs(60)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks = t.registry.spawn_events(stop.clone());
+    metrics.set_gc_source(t.registry.clone());
+    // Before any collection: zeros.
+    let s = scrape(&t).await;
+    assert_eq!(counter(&s, "berth_gc_runs", &[]), 0.0);
+    // Two blobs nothing references, collected with no grace period.
+    for bytes in [b"stray one".as_slice(), b"stray two, longer"] {
+        t.push_blob("team/app", bytes).await;
+    }
+    // (The grace period counts in milliseconds: let one pass.)
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let report = t.registry.collect_garbage(false, Some(Duration::ZERO), &|_| {}).await.expect("gc");
+    assert_eq!(report.blobs_deleted, 2);
+    // A dry run is not a run.
+    t.registry.collect_garbage(true, Some(Duration::ZERO), &|_| {}).await.expect("dry run");
+    let s = scrape(&t).await;
+    assert_eq!(counter(&s, "berth_gc_runs", &[]), 1.0);
+    assert_eq!(counter(&s, "berth_gc_failures", &[]), 0.0);
+    assert_eq!(counter(&s, "berth_gc_blobs_deleted", &[]), 2.0);
+    assert_eq!(counter(&s, "berth_gc_links_removed", &[]), 2.0);
+    assert_eq!(counter(&s, "berth_gc_freed_bytes", &[]), (9 + 17) as f64);
+    assert!(counter(&s, "berth_gc_duration_seconds", &[]) > 0.0);
+    assert!(gauge(&s, "berth_gc_last_duration_seconds", &[]) > 0.0);
+    // The collection is an event (for the audit log and webhooks that ask for `gc`).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = t.registry.audit(&meta::EventFilter { action: Some("gc".into()), limit: 10, ..Default::default() }).await.expect("audit");
+        if let Some(e) = events.first() {
+            assert_eq!(e.size, Some(26));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no gc event");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    for task in tasks {
+        task.await.expect("task");
+    }
+}
