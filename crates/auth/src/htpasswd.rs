@@ -18,8 +18,10 @@ const DUMMY_HASH_COST_10: &str = "$2y$10$Si8yZoORnKZGQ.M82JAj8OPTLGQg0bn2jgmZAnP
 
 #[derive(Debug, thiserror::Error)]
 pub enum HtpasswdError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    // Not `source`: the I/O error is part of this message already, and a chain printer would
+    // print it twice.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("line {line}: expected user:hash")]
     Syntax { line: usize },
     #[error("line {line} (user {user:?}): {scheme} hashes are not accepted, only bcrypt ($2y$, $2b$, $2a$); set the password again with `berth user add` or `htpasswd -B`")]
@@ -111,7 +113,7 @@ impl Htpasswd {
     /// Reads and parses the file; a missing file is an error (a server told to use a user file
     /// that is not there must not start with nobody able to log in, or everybody).
     pub fn load(path: &Path) -> Result<Self, HtpasswdError> {
-        let text = std::fs::read_to_string(path).map_err(|source| HtpasswdError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| HtpasswdError::Io { path: path.to_owned(), error })?;
         Self::parse(&text)
     }
 

@@ -62,7 +62,7 @@ fn cache_key(user: &str, password: &str, hash: &str) -> [u8; 32] {
 impl UserStore {
     /// Reads the file now; a missing or invalid file is an error.
     pub fn open(path: &Path) -> Result<Self, HtpasswdError> {
-        let stamp = stamp(path).map_err(|source| HtpasswdError::Io { path: path.to_owned(), source })?;
+        let stamp = stamp(path).map_err(|error| HtpasswdError::Io { path: path.to_owned(), error })?;
         let file = Htpasswd::load(path)?;
         Ok(UserStore {
             inner: Arc::new(Inner {

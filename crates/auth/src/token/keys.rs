@@ -19,8 +19,10 @@ use sha2::{Digest as _, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    // Not `source`: the I/O error is part of this message already, and a chain printer would
+    // print it twice.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{0}: not PEM")]
     Pem(String),
     #[error("{0}: no EC P-256 or RSA private key found (PKCS#8 \"PRIVATE KEY\", SEC1 \"EC PRIVATE KEY\" or PKCS#1 \"RSA PRIVATE KEY\")")]
@@ -218,7 +220,7 @@ impl SigningKey {
     /// temporary file and hard-linked into place, so two nodes starting together on shared
     /// storage end up with the one key that won.
     pub fn load_or_generate(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io { path: path.to_owned(), source };
+        let io = |error| KeyError::Io { path: path.to_owned(), error };
         match std::fs::read_to_string(path) {
             Ok(text) => return Self::from_pem(&path.display().to_string(), &text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -360,7 +360,7 @@ impl Verifier {
     /// `x5c` header whose first certificate is byte-for-byte one of the bundle's: the bundle lists
     /// the trusted signing certificates, no chain is built) and/or a JWKS file (matched by `kid`).
     pub fn external(issuer: String, audience: String, certificates: Option<&Path>, jwks: Option<&Path>) -> Result<Self, KeyError> {
-        let read = |p: &Path| std::fs::read(p).map_err(|source| KeyError::Io { path: p.to_owned(), source });
+        let read = |p: &Path| std::fs::read(p).map_err(|error| KeyError::Io { path: p.to_owned(), error });
         let mut source = Source { issuer, audience, keys: Vec::new(), certificates: Vec::new() };
         if let Some(p) = certificates {
             for (der, key) in keys_from_certificates(&p.display().to_string(), &read(p)?)? {
