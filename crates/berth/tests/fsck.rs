@@ -7,7 +7,7 @@ mod support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use support::{Server, content, request, sha256_digest};
 
@@ -337,24 +337,4 @@ fn fsck_on_postgres_removes_an_old_orphan_under_a_claim_and_the_digest_can_be_pu
     assert!(blob_file(&data, &old).exists());
     let after = fsck(&data, &["--config", cfg, "--all"]);
     assert_eq!(after.code, Some(0), "{}", after.describe());
-}
-
-/// Not a test of correctness: the re-hash rate on a larger data directory, for the record.
-/// `cargo nextest run -p berth --run-ignored only -E 'test(throughput)' --no-capture`
-#[test]
-#[ignore = "measurement"]
-fn fsck_rehash_throughput() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let server = Server::start(&data, None, &dir.path().join("server.log"));
-    for i in 0..64 {
-        push(server.addr, "bulk", &content(1000 + i, 16 << 20));
-    }
-    drop(server);
-    for jobs in ["1", "2", "4"] {
-        let started = Instant::now();
-        let r = fsck(&data, &["--all", "--jobs", jobs]);
-        assert_eq!(r.code, Some(0), "{}", r.describe());
-        eprintln!("--jobs {jobs}: {:.2}s wall\n{}", started.elapsed().as_secs_f64(), r.out);
-    }
 }
