@@ -3,7 +3,7 @@
 //! of contending with it for the database file from a second process. Also the note the local
 //! `berth gc` prints when a server seems to be running on the same SQLite database.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,7 @@ async fn run(remote: &RemoteArgs, dry_run: bool, grace: Option<Duration>) -> any
         bail!("--url {base:?}: expected http://HOST:PORT or https://HOST:PORT");
     }
     let password = match &remote.user {
-        Some(_) if remote.password_stdin => Some(password_from_stdin()?),
+        Some(_) if remote.password_stdin => Some(crate::users::password_from_stdin()?),
         Some(user) => Some(password_from_terminal(user)?),
         None => None,
     };
@@ -106,16 +106,6 @@ async fn run(remote: &RemoteArgs, dry_run: bool, grace: Option<Duration>) -> any
         );
     }
     Ok(())
-}
-
-fn password_from_stdin() -> anyhow::Result<String> {
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
-    let password = line.strip_suffix('\n').map_or(line.as_str(), |l| l.strip_suffix('\r').unwrap_or(l));
-    if password.is_empty() {
-        bail!("no password on standard input");
-    }
-    Ok(password.to_owned())
 }
 
 fn password_from_terminal(user: &str) -> anyhow::Result<String> {

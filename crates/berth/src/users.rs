@@ -109,7 +109,8 @@ fn run(command: UserCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn password_from_stdin() -> anyhow::Result<String> {
+/// One line of standard input, without its line ending (also `berth gc --password-stdin`).
+pub(crate) fn password_from_stdin() -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
     let password = line.strip_suffix('\n').map_or(line.as_str(), |l| l.strip_suffix('\r').unwrap_or(l));

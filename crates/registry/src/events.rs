@@ -253,6 +253,12 @@ impl Registry {
         }
     }
 
+    /// The `delete` event of a manifest deleted because nothing kept it (retention's and GC's
+    /// untagged deletions).
+    pub(crate) fn deleted_manifest_event(&self, repo: &RepoName, m: &meta::DeletedManifest) -> NewEvent {
+        self.event(EventFacts { action: "delete", repo, digest: Some(m.digest.to_string()), tag: None, media_type: Some(m.media_type.clone()), size: None, from: None })
+    }
+
     /// After a change committed with `events`: write audit lines and wake delivery workers.
     pub(crate) fn committed(&self, events: &[NewEvent]) {
         let rt = &self.inner.events;

@@ -25,7 +25,7 @@ use meta::{DeletedManifest, Role, UntaggedOutcome};
 use oci::{Digest, RepoName};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{EventFacts, REQUEST, RequestContext};
+use crate::events::{REQUEST, RequestContext};
 use crate::lifecycle::{millis, now_ms};
 use crate::{Registry, Result};
 
@@ -342,15 +342,7 @@ impl Registry {
     async fn delete_untagged_garbage(&self, repo: &RepoName, digest: &Digest, cut: i64, older_than: Duration) -> u64 {
         let recorded = Mutex::new(Vec::new());
         let event = |m: &DeletedManifest| {
-            let e = self.event(EventFacts {
-                action: "delete",
-                repo,
-                digest: Some(m.digest.to_string()),
-                tag: None,
-                media_type: Some(m.media_type.clone()),
-                size: None,
-                from: None,
-            });
+            let e = self.deleted_manifest_event(repo, m);
             recorded.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(e.clone());
             e
         };

@@ -36,7 +36,7 @@ use oci::{Digest, RepoName, RepoPattern, Tag};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{EventFacts, REQUEST, RequestContext};
+use crate::events::{REQUEST, RequestContext};
 use crate::lifecycle::{TagOutcome, TagReport, millis, now_ms};
 use crate::{Registry, Result};
 
@@ -380,15 +380,7 @@ impl Registry {
     async fn delete_untagged(&self, repo: &RepoName, digest: &Digest, rule: &str, report: &mut RetentionReport) {
         let recorded = Mutex::new(Vec::new());
         let event = |m: &DeletedManifest| {
-            let e = self.event(EventFacts {
-                action: "delete",
-                repo,
-                digest: Some(m.digest.to_string()),
-                tag: None,
-                media_type: Some(m.media_type.clone()),
-                size: None,
-                from: None,
-            });
+            let e = self.deleted_manifest_event(repo, m);
             recorded.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(e.clone());
             e
         };
