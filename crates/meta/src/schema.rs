@@ -152,6 +152,12 @@ CREATE TABLE quota_usage (
 -- manifests count from this migration, so an upgrade deletes nothing that lost a tag before it.
 ALTER TABLE manifests ADD COLUMN untagged_at BIGINT;
 UPDATE manifests SET untagged_at = {NOW_MS}
+", r"
+-- Whether a manifest of a repository references a blob: asked for every link garbage
+-- collection looks at. The primary key leads with the manifest, and manifest_blobs_blob with
+-- the blob alone, so without this index SQLite answered it by walking every reference of the
+-- repository.
+CREATE INDEX manifest_blobs_repository_blob ON manifest_blobs (repository_id, blob_digest)
 "];
 
 /// The statements of migration `index` for `dialect`.

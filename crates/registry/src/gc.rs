@@ -235,7 +235,9 @@ impl Registry {
         loop {
             let page = meta.gc_link_candidates(cut, after.as_ref(), BATCH).await?;
             for chunk in page.chunks(meta.gc_rows_per_transaction()) {
+                let t = std::time::Instant::now();
                 report.links_removed += meta.gc_unlink(chunk, cut).await?;
+                tokio::time::sleep(meta.gc_pause(t.elapsed())).await;
             }
             progress(GcProgress::Links { removed: report.links_removed });
             match page.last() {
@@ -254,7 +256,10 @@ impl Registry {
             let mut forgotten_page = Vec::new();
             let mut failed = None;
             for chunk in digests.chunks(meta.gc_rows_per_transaction()) {
-                match meta.gc_forget_blobs(chunk, cut).await {
+                let t = std::time::Instant::now();
+                let result = meta.gc_forget_blobs(chunk, cut).await;
+                tokio::time::sleep(meta.gc_pause(t.elapsed())).await;
+                match result {
                     Ok(forgotten) => {
                         report.blobs_deleted += forgotten.len() as u64;
                         report.bytes_freed += forgotten.iter().map(|(_, d)| sizes.get(d).copied().unwrap_or(0)).sum::<u64>();
