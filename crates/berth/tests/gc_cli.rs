@@ -136,19 +136,9 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 
 /// `berth gc --url URL [flags...]`, with `stdin` on standard input.
 fn gc_remote(url: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.arg("gc").arg("--url").arg(url).args(args);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("BERTH_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("run berth gc --url");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
-    let out = child.wait_with_output().expect("berth gc --url");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let mut all = vec!["gc", "--url", url];
+    all.extend_from_slice(args);
+    support::run_berth(&all, stdin)
 }
 
 #[test]

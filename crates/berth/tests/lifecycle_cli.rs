@@ -3,27 +3,15 @@
 
 mod support;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use support::{Server, request, sha256_digest};
 
 /// Run `berth ARGS` with every `BERTH_*` variable removed and `stdin` fed in; returns
 /// (success, stdout, stderr).
 fn berth(args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("BERTH_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd.spawn().expect("run berth");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
-    let out = child.wait_with_output().expect("wait for berth");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    support::run_berth(args, stdin)
 }
 
 /// Push a one-layer image of `seed` to `repo:tag`; returns the manifest digest.

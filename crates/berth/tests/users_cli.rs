@@ -1,26 +1,13 @@
 //! `berth user add|remove|list` as a user runs them: the binary writes an htpasswd file that
 //! Apache's `htpasswd -v` accepts, lists it, and removes users.
 
-use std::io::Write as _;
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn berth(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("BERTH_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd.spawn().expect("run berth");
-    let mut input = child.stdin.take().expect("stdin");
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).expect("write stdin");
-    }
-    drop(input);
-    let out = child.wait_with_output().expect("wait for berth");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    support::run_berth(args, stdin.unwrap_or(""))
 }
 
 /// Apache's `htpasswd -vb`: `None` when it is not installed (skipped), except on CI, where that

@@ -267,3 +267,26 @@ pub fn content(seed: u64, len: usize) -> Vec<u8> {
 pub fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
+
+/// Run `berth ARGS` to completion with `stdin` as its standard input (and none of this
+/// process's `BERTH_*` variables); returns whether it succeeded, its stdout and its stderr.
+pub fn run_berth(args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("BERTH_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.spawn().expect("run berth");
+    let mut input = child.stdin.take().expect("stdin");
+    // A command that refuses its arguments exits before reading its input: the pipe is then
+    // closed, and that is its answer, not the test's failure.
+    match input.write_all(stdin.as_bytes()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        r => r.expect("write stdin"),
+    }
+    drop(input);
+    let out = child.wait_with_output().expect("wait for berth");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
