@@ -84,13 +84,13 @@ impl MetaStore {
 
     /// How long a collection should leave the database to other writers after one of its
     /// transactions took `took` (waiting for the connection included). On SQLite pushes queue
-    /// behind the collection for the one write connection: giving back as much time as it took
-    /// holds the collection to about half of that connection while pushes run, and backs it
-    /// off further when they make it wait. On PostgreSQL nothing waits on it but the rows it
-    /// locks: no pause.
+    /// behind the collection for the one write connection: giving back twice the time it took
+    /// holds the collection to about a third of that connection while pushes run, and backs
+    /// it off further when they make it wait. On PostgreSQL nothing waits on it but the rows
+    /// it locks: no pause.
     pub fn gc_pause(&self, took: std::time::Duration) -> std::time::Duration {
         match self.dialect {
-            Dialect::Sqlite => took,
+            Dialect::Sqlite => took * 2,
             Dialect::Postgres => std::time::Duration::ZERO,
         }
     }

@@ -930,8 +930,24 @@ fn sqlite_setup(
             conn.execute(synchronous).await?;
             conn.execute("PRAGMA busy_timeout = 10000").await?;
             conn.execute("PRAGMA foreign_keys = ON").await?;
+            // Statement journals (a multi-row statement inside a transaction keeps one, to
+            // undo just that statement) and sort spills stay in memory: as files, SQLite
+            // creates and unlinks one per statement, which cost garbage collection, whose
+            // batches are such statements, a sixth of its time.
+            conn.execute("PRAGMA temp_store = MEMORY").await?;
             if read_only {
                 conn.execute("PRAGMA query_only = ON").await?;
+            } else {
+                // Every write of the process runs here: a page cache larger than SQLite's
+                // default 2 MiB keeps the indexes a write walks in memory rather than re-read
+                // from the operating system, statement after statement (it grows only as
+                // pages are used).
+                conn.execute("PRAGMA cache_size = -16384").await?;
+                // Checkpoint every 32 MiB of WAL, not SQLite's 4 MiB: a page written by many
+                // transactions in between (index interiors, hot leaves) is copied into the
+                // database once per checkpoint, and a garbage collection's batches otherwise
+                // spent a fifth of their time checkpointing.
+                conn.execute("PRAGMA wal_autocheckpoint = 8192").await?;
             }
             Ok(())
         })

@@ -20,7 +20,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
 use meta::{DeletedManifest, Role, UntaggedOutcome};
 use oci::{Digest, RepoName};
 use tokio_util::sync::CancellationToken;
@@ -34,8 +33,6 @@ const BATCH: u32 = 500;
 /// A pending tombstone this old belongs to a collection that stopped before deleting the
 /// bytes (a running one finishes a batch's deletes within moments).
 const PENDING_STALE: Duration = Duration::from_secs(600);
-/// Storage deletes in flight at once.
-const STORAGE_DELETES_IN_FLIGHT: usize = 16;
 /// Tombstones are kept this long: far longer than a push takes between reading its mark and
 /// recording its blob.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -167,15 +164,7 @@ impl Registry {
     /// since a push may safely write over bytes that are still there. Returns the failures.
     async fn delete_bytes(&self, forgotten: Vec<(i64, Digest)>) -> Result<u64> {
         let ids: Vec<i64> = forgotten.iter().map(|(id, _)| *id).collect();
-        let failures: Vec<(Digest, storage::StorageError)> = futures::stream::iter(forgotten)
-            .map(|(_, d)| {
-                let blobs = self.inner.blobs.clone();
-                async move { blobs.delete(&d).await.err().map(|e| (d, e)) }
-            })
-            .buffer_unordered(STORAGE_DELETES_IN_FLIGHT)
-            .filter_map(std::future::ready)
-            .collect()
-            .await;
+        let failures = self.inner.blobs.delete_many(forgotten.into_iter().map(|(_, d)| d).collect()).await;
         for (d, e) in &failures {
             tracing::warn!(digest = %d, error = %e, "garbage blob forgotten but its bytes could not be deleted; the scrub will find them");
         }

@@ -26,6 +26,8 @@ use crate::{BlobInfo, BlobStore, ByteStream, Result, StorageError, StoredUpload,
 
 /// Bytes gathered before one write system call on upload, and read per call on download.
 const IO_CHUNK: usize = 1 << 20;
+/// Files removed per blocking task by `delete_many`.
+const DELETE_BATCH: usize = 64;
 /// With fsync on, an upload syncs what it has written every this many bytes, in the background,
 /// so the disk works while the network does and the fsync at commit only has a tail to flush.
 const SYNC_EVERY: u64 = 32 << 20;
@@ -126,6 +128,34 @@ impl BlobStore for FsStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("remove", &path)(e)),
         }
+    }
+
+    async fn delete_many(&self, digests: Vec<Digest>) -> Vec<(Digest, StorageError)> {
+        use futures::StreamExt;
+        // A removal takes microseconds; handing each to a blocking thread and back would cost
+        // more than the removal itself.
+        let batches: Vec<Vec<(Digest, PathBuf)>> = digests.chunks(DELETE_BATCH).map(|c| c.iter().map(|d| (d.clone(), self.blob_path(d))).collect()).collect();
+        let failed: Vec<Vec<(Digest, StorageError)>> = futures::stream::iter(batches)
+            .map(|batch| async move {
+                let digests: Vec<Digest> = batch.iter().map(|(d, _)| d.clone()).collect();
+                tokio::task::spawn_blocking(move || {
+                    let mut failed = Vec::new();
+                    for (d, path) in batch {
+                        match fs::remove_file(&path) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                            Err(e) => failed.push((d, io_err("remove", &path)(e))),
+                        }
+                    }
+                    failed
+                })
+                .await
+                .unwrap_or_else(|e| digests.into_iter().map(|d| (d, StorageError::Backend(format!("blocking task failed: {e}")))).collect())
+            })
+            .buffer_unordered(2)
+            .collect()
+            .await;
+        failed.into_iter().flatten().collect()
     }
 
     async fn list(&self) -> Result<Vec<Digest>> {

@@ -2,6 +2,7 @@
 //! to an [`Observer`], so metrics can be kept without this crate knowing any metrics library.
 //!
 //! Reported operations: `stat`, `get` (the time to open the stream, not to read it), `delete`,
+//! `delete_many` (one report per call),
 //! `list`, `inspect`, `presigned_get`, `upload_writer` (the time to open the writer), `read_upload` (to open
 //! the stream), `commit_upload`, `abort_upload` and `list_uploads`. Failures are also logged at
 //! debug level; the caller decides what else to do with them.
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use oci::{ByteRange, Digest, UploadId};
 
-use crate::{BlobInfo, BlobStore, ByteStream, Result, StoredUpload, UploadWriter};
+use crate::{BlobInfo, BlobStore, ByteStream, Result, StorageError, StoredUpload, UploadWriter};
 
 /// Receives `(driver, operation, duration, ok)` once per store operation.
 pub type Observer = Arc<dyn Fn(&'static str, &'static str, Duration, bool) + Send + Sync>;
@@ -64,6 +65,17 @@ impl BlobStore for Instrumented {
 
     async fn delete(&self, digest: &Digest) -> Result<()> {
         self.timed("delete", self.inner.delete(digest)).await
+    }
+
+    async fn delete_many(&self, digests: Vec<Digest>) -> Vec<(Digest, StorageError)> {
+        // One observation per call, failed if any blob could not be removed.
+        let start = Instant::now();
+        let failed = self.inner.delete_many(digests).await;
+        if let Some((d, e)) = failed.first() {
+            tracing::debug!(driver = self.inner.driver(), failures = failed.len(), first = %d, error = %e, "storage operation failed");
+        }
+        (self.observer)(self.inner.driver(), "delete_many", start.elapsed(), failed.is_empty());
+        failed
     }
 
     async fn list(&self) -> Result<Vec<Digest>> {

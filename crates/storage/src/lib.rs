@@ -85,6 +85,9 @@ pub trait UploadWriter: Send {
     }
 }
 
+/// Deletes [`BlobStore::delete_many`] keeps in flight at once, by default.
+pub const DELETES_IN_FLIGHT: usize = 16;
+
 /// Content-addressed blob storage. Held as `Arc<dyn BlobStore>`.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
@@ -99,6 +102,20 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Remove a blob. Removing an absent blob is not an error.
     async fn delete(&self, digest: &Digest) -> Result<()>;
+
+    /// Remove many blobs (garbage collection); returns those that could not be removed, with
+    /// why. Removing an absent blob is not an error. Drivers override it where a batch is
+    /// cheaper than its parts: the filesystem removes a batch of files per blocking task
+    /// rather than handing each file to a thread.
+    async fn delete_many(&self, digests: Vec<Digest>) -> Vec<(Digest, StorageError)> {
+        use futures::StreamExt;
+        futures::stream::iter(digests)
+            .map(|d| async move { self.delete(&d).await.err().map(|e| (d, e)) })
+            .buffer_unordered(DELETES_IN_FLIGHT)
+            .filter_map(std::future::ready)
+            .collect()
+            .await
+    }
 
     /// Every stored blob (for scrubs and orphan collection, never on a request path).
     async fn list(&self) -> Result<Vec<Digest>>;

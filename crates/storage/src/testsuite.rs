@@ -133,6 +133,13 @@ pub async fn run(store: Arc<dyn BlobStore>) {
     assert_eq!(s.stat(&d3).await.expect("stat"), None);
     assert_eq!(s.inspect(&d3).await.expect("inspect"), None);
     assert!(matches!(s.get(&d3, None).await, Err(StorageError::NotFound)));
+
+    // Many at once (garbage collection), absent ones included; the others stay.
+    let failed = s.delete_many(vec![hw.clone(), d3.clone(), one.clone()]).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(s.stat(&hw).await.expect("stat"), None);
+    assert_eq!(s.stat(&one).await.expect("stat"), None);
+    assert!(s.list().await.expect("list").contains(&d2), "a blob not named stays");
 }
 
 /// Uploads larger than an object store's part: chunks of very different sizes (a tiny first
