@@ -13,7 +13,7 @@
 //! too; the metadata database records the blob only after the commit returns.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,7 +36,6 @@ const SYNC_EVERY: u64 = 32 << 20;
 struct Inner {
     root: PathBuf,
     fsync: bool,
-    direct: Arc<DirectSupport>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,7 +59,7 @@ impl FsStore {
         for dir in [root.join("blobs"), root.join("uploads")] {
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         }
-        Ok(FsStore { inner: Arc::new(Inner { root, fsync, direct: Arc::default() }) })
+        Ok(FsStore { inner: Arc::new(Inner { root, fsync }) })
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -185,14 +184,13 @@ impl BlobStore for FsStore {
         Ok(Box::new(FsWriter {
             path: self.upload_path(id),
             offset,
-            sink: None,
+            file: None,
             pending: None,
             queued: Vec::new(),
             queued_len: 0,
-            large: false,
             fsync: self.inner.fsync,
+            unsynced: 0,
             syncing: None,
-            direct: self.inner.direct.clone(),
         }))
     }
 
@@ -330,7 +328,7 @@ fn read_stream(file: File, len: u64) -> ByteStream {
 
 /// Open upload `path` for writing at `offset`, discarding bytes past it.
 fn open_at(path: &Path, offset: u64) -> Result<File> {
-    let f = fs::OpenOptions::new().create(true).write(true).truncate(false).open(path).map_err(io_err("open", path))?;
+    let mut f = fs::OpenOptions::new().create(true).write(true).truncate(false).open(path).map_err(io_err("open", path))?;
     let held = f.metadata().map_err(io_err("stat", path))?.len();
     if held < offset {
         return Err(StorageError::OffsetMismatch { held, offset });
@@ -340,219 +338,67 @@ fn open_at(path: &Path, offset: u64) -> Result<File> {
     if held > offset {
         f.set_len(offset).map_err(io_err("truncate", path))?;
     }
+    f.seek(SeekFrom::Start(offset)).map_err(io_err("seek", path))?;
     Ok(f)
 }
 
-/// Direct I/O moves an upload's bytes from our buffer to the disk without the page cache. A
-/// buffered write copies every byte into the page cache and dirties it, and the kernel's
-/// writeback and page allocation then cost several times the copy: on the machines measured,
-/// 2.5 CPU-seconds per GB buffered (with the fsync the commit needs anyway) against 0.1 direct,
-/// which is what lets one core hash while the upload runs at disk speed. Offsets, lengths and
-/// buffer addresses of direct writes are multiples of this (the largest logical block size in
-/// common use). The head of a request that starts mid-block and the tail of one that ends
-/// mid-block are written through the page cache; they are synced at commit like the rest.
-const DIRECT_ALIGN: usize = 4096;
-
-/// Whether direct I/O failed on this store's file system (tmpfs, some FUSE and network file
-/// systems refuse it): it is then not tried again, and writes go through the page cache.
-/// It also counts the bytes written directly, which shows the tests that the path is taken.
-#[derive(Debug, Default)]
-struct DirectSupport {
-    refused: std::sync::atomic::AtomicBool,
-    written: std::sync::atomic::AtomicU64,
-}
-
-impl DirectSupport {
-    fn refused(&self) -> bool {
-        self.refused.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn refuse(&self, path: &Path, e: &io::Error) {
-        if !self.refused.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            tracing::info!(path = %path.display(), error = %e, "the file system refuses direct I/O: uploads are written through the page cache");
-        }
-    }
-}
-
-/// An upload file being written, handed to the blocking pool for each batch and back.
-struct Sink {
-    path: PathBuf,
-    /// Where the next byte goes.
-    pos: u64,
-    /// The file through the page cache (opened first: it checks and trims the offset).
-    file: File,
-    /// The same file opened for direct I/O, once a batch is large enough to use it.
-    direct: Option<File>,
-    /// Staging for direct writes: `buf[start..start + filled]` is block-aligned in memory and
-    /// holds the bytes from `pos`, which is block-aligned while it holds any.
-    buf: Vec<u8>,
-    start: usize,
-    filled: usize,
-    /// Bytes written through the page cache since the last background sync began.
-    unsynced: u64,
-}
-
-impl Sink {
-    fn open(path: PathBuf, offset: u64) -> Result<Sink> {
-        let file = open_at(&path, offset)?;
-        Ok(Sink { path, pos: offset, file, direct: None, buf: Vec::new(), start: 0, filled: 0, unsynced: 0 })
-    }
-
-    fn write_buffered(&mut self, bytes: &[u8]) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        self.file.write_all_at(bytes, self.pos).map_err(io_err("write", &self.path))?;
-        self.pos += bytes.len() as u64;
-        self.unsynced += bytes.len() as u64;
-        Ok(())
-    }
-
-    /// Write `batch`: directly when `large` and the file system allows it, else through the
-    /// page cache. `last`: the request ends with this batch, so nothing may stay staged.
-    fn write(&mut self, batch: &[Bytes], large: bool, last: bool, support: &DirectSupport) -> Result<()> {
-        if !large || support.refused() {
-            // A staged remainder from an earlier direct batch goes first.
-            self.flush_staged()?;
-            for b in batch {
-                self.write_buffered(b)?;
-            }
-            return Ok(());
-        }
-        if self.direct.is_none() {
-            use std::os::unix::fs::OpenOptionsExt;
-            match fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&self.path) {
-                Ok(f) => self.direct = Some(f),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    support.refuse(&self.path, &e);
-                    return self.write(batch, large, last, support);
-                }
-                Err(e) => return Err(io_err("open", &self.path)(e)),
-            }
-            self.buf = vec![0; IO_CHUNK + DIRECT_ALIGN];
-            self.start = self.buf.as_ptr().align_offset(DIRECT_ALIGN);
-        }
-        for b in batch {
-            let mut rest: &[u8] = b;
-            // Up to the next block boundary through the page cache (a resumed upload, or a
-            // request that began mid-block).
-            if self.filled == 0 && !self.pos.is_multiple_of(DIRECT_ALIGN as u64) {
-                let head = (DIRECT_ALIGN - (self.pos % DIRECT_ALIGN as u64) as usize).min(rest.len());
-                self.write_buffered(&rest[..head])?;
-                rest = &rest[head..];
-            }
-            while !rest.is_empty() {
-                let n = (IO_CHUNK - self.filled).min(rest.len());
-                let at = self.start + self.filled;
-                self.buf[at..at + n].copy_from_slice(&rest[..n]);
-                self.filled += n;
-                rest = &rest[n..];
-                if self.filled == IO_CHUNK {
-                    self.write_direct(IO_CHUNK, support)?;
-                }
-            }
-        }
-        // Whole blocks go now; a remainder waits for the next batch, or goes at the end.
-        let aligned = self.filled - self.filled % DIRECT_ALIGN;
-        if aligned > 0 {
-            self.write_direct(aligned, support)?;
-        }
-        if last {
-            self.flush_staged()?;
-        }
-        Ok(())
-    }
-
-    /// Write the first `n` staged bytes (a multiple of the block size) directly, and move the
-    /// rest to the front. Falls back to the page cache if the file system refuses.
-    fn write_direct(&mut self, n: usize, support: &DirectSupport) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        let direct = self.direct.as_ref().expect("a direct write follows the direct open");
-        let data = &self.buf[self.start..self.start + n];
-        match direct.write_all_at(data, self.pos) {
-            Ok(()) => {
-                self.pos += n as u64;
-                support.written.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                support.refuse(&self.path, &e);
-                let data = self.buf[self.start..self.start + n].to_vec();
-                self.write_buffered(&data)?;
-            }
-            Err(e) => return Err(io_err("write", &self.path)(e)),
-        }
-        self.buf.copy_within(self.start + n..self.start + self.filled, self.start);
-        self.filled -= n;
-        Ok(())
-    }
-
-    /// Write what is staged (less than a block) through the page cache.
-    fn flush_staged(&mut self) -> Result<()> {
-        if self.filled > 0 {
-            let data = self.buf[self.start..self.start + self.filled].to_vec();
-            self.filled = 0;
-            self.write_buffered(&data)?;
-        }
-        Ok(())
-    }
-}
-
 /// Gathers incoming chunks and writes them on the blocking pool about a megabyte at a time,
-/// with one write in flight while the next batch arrives. A request body of at least a batch
-/// is written with direct I/O ([`DIRECT_ALIGN`]); smaller ones, most blobs, in one buffered
-/// write.
+/// with one write in flight while the next batch arrives.
 struct FsWriter {
     path: PathBuf,
     /// Where the session's accepted bytes end: writing starts here.
     offset: u64,
     /// The file, once opened, when no write is in flight.
-    sink: Option<Sink>,
+    file: Option<File>,
     /// The write in flight; it hands the file back.
-    pending: Option<JoinHandle<Result<Sink>>>,
+    pending: Option<JoinHandle<Result<File>>>,
     queued: Vec<Bytes>,
     queued_len: usize,
-    /// Whether this request's body filled a batch (it is then written directly).
-    large: bool,
     /// Whether to start writeback early (the store's fsync setting).
     fsync: bool,
+    /// Bytes handed to writes since the last background sync started.
+    unsynced: u64,
     /// The background sync in flight; a new one starts only after it ends.
     syncing: Option<JoinHandle<io::Result<()>>>,
-    direct: Arc<DirectSupport>,
 }
 
 impl FsWriter {
-    /// Start writeback of what was written through the page cache so far, unless one is still
-    /// running. Its result does not matter: durability comes from the fsync at commit; this
-    /// only moves work earlier.
-    fn maybe_sync(&mut self, sink: &mut Sink, threshold: u64) {
-        if !self.fsync || sink.unsynced < threshold || self.syncing.as_ref().is_some_and(|h| !h.is_finished()) {
+    /// Start writeback of what was written so far, unless one is still running. Its result does
+    /// not matter: durability comes from the fsync at commit; this only moves work earlier.
+    fn maybe_sync(&mut self, threshold: u64) {
+        if !self.fsync || self.unsynced < threshold || self.syncing.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
-        sink.unsynced = 0;
+        self.unsynced = 0;
         // fdatasync through any descriptor of the file flushes the file's dirty pages.
         let path = self.path.clone();
         self.syncing = Some(tokio::task::spawn_blocking(move || File::open(&path)?.sync_data()));
     }
 
     /// The file once the write in flight (if any) is done; `None` if never opened.
-    async fn take_sink(&mut self) -> Result<Option<Sink>> {
+    async fn take_file(&mut self) -> Result<Option<File>> {
         if let Some(h) = self.pending.take() {
             return h.await.map_err(|e| StorageError::Backend(format!("blocking task failed: {e}")))?.map(Some);
         }
-        Ok(self.sink.take())
+        Ok(self.file.take())
     }
 
-    async fn flush_queue(&mut self, last: bool) -> Result<()> {
-        let sink = self.take_sink().await?;
+    async fn flush_queue(&mut self) -> Result<()> {
+        let file = self.take_file().await?;
         let batch = std::mem::take(&mut self.queued);
+        self.unsynced += self.queued_len as u64;
         self.queued_len = 0;
-        let (path, offset, large, direct) = (self.path.clone(), self.offset, self.large, self.direct.clone());
-        let mut sink = match sink {
-            Some(s) => s,
-            None => blocking(move || Sink::open(path, offset)).await?,
-        };
-        self.maybe_sync(&mut sink, SYNC_EVERY);
+        self.maybe_sync(SYNC_EVERY);
+        let (path, offset) = (self.path.clone(), self.offset);
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            sink.write(&batch, large, last, &direct)?;
-            Ok(sink)
+            let mut file = match file {
+                Some(f) => f,
+                None => open_at(&path, offset)?,
+            };
+            for b in &batch {
+                file.write_all(b).map_err(io_err("write", &path))?;
+            }
+            Ok(file)
         }));
         Ok(())
     }
@@ -564,25 +410,23 @@ impl UploadWriter for FsWriter {
         self.queued_len += chunk.len();
         self.queued.push(chunk);
         if self.queued_len >= IO_CHUNK {
-            self.large = true;
-            self.flush_queue(false).await?;
+            self.flush_queue().await?;
         }
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<Vec<u8>> {
-        if self.queued_len > 0 || self.large {
-            self.flush_queue(true).await?;
+        if self.queued_len > 0 {
+            self.flush_queue().await?;
         }
-        let Some(mut sink) = self.take_sink().await? else {
+        if self.take_file().await?.is_none() {
             // Nothing was written: still check the offset, so a bad resume is reported now.
             let (path, offset) = (self.path.clone(), self.offset);
             blocking(move || open_at(&path, offset).map(drop)).await?;
-            return Ok(Vec::new());
-        };
+        }
         // A chunked upload's requests may each stay under SYNC_EVERY: start writeback of this
         // request's bytes now (detached), while the client sends the next one.
-        self.maybe_sync(&mut sink, IO_CHUNK as u64);
+        self.maybe_sync(IO_CHUNK as u64);
         Ok(Vec::new())
     }
 }
@@ -603,47 +447,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path(), false).unwrap();
         crate::testsuite::run_large(Arc::new(store), 5 << 20).await;
-    }
-
-    /// An upload in three requests whose boundaries fall mid-block, in chunks of odd sizes:
-    /// the bytes read back are exactly those written, with direct I/O and without.
-    async fn upload_in_odd_pieces(store: &FsStore) {
-        let data: Vec<u8> = (0..(3u32 << 20) + 1234).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        let id: UploadId = "00000000-0000-0000-0000-000000000002".parse().unwrap();
-        let bounds = [0, (3 << 19) + 3, (3 << 20) - 5, data.len()];
-        for w in bounds.windows(2) {
-            let mut writer = store.upload_writer(&id, w[0] as u64, &[]).await.unwrap();
-            for chunk in data[w[0]..w[1]].chunks(70_001) {
-                writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
-            }
-            writer.finish().await.unwrap();
-        }
-        let d = Digest::sha256_of(&data);
-        store.commit_upload(&id, data.len() as u64, &[], &d).await.unwrap();
-        assert!(fs::read(store.blob_path(&d)).unwrap() == data, "the blob's bytes differ from those written");
-    }
-
-    #[tokio::test]
-    async fn large_requests_are_written_directly_and_read_back_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path(), true).unwrap();
-        upload_in_odd_pieces(&store).await;
-        // The temporary directory is on a file system that allows direct I/O (ext4 here);
-        // on one that refuses it, this checks the fallback twice.
-        if std::env::var_os("CI").is_some() {
-            assert!(!store.inner.direct.refused(), "direct I/O was refused on the test's file system");
-            // All but the heads and tails of the requests, which end and begin mid-block.
-            let direct = store.inner.direct.written.load(std::sync::atomic::Ordering::Relaxed);
-            assert!(direct >= (3 << 20) - 3 * 4096, "only {direct} bytes were written directly");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_file_system_refusing_direct_io_gets_buffered_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path(), true).unwrap();
-        store.inner.direct.refused.store(true, std::sync::atomic::Ordering::Relaxed);
-        upload_in_odd_pieces(&store).await;
     }
 
     #[tokio::test]
