@@ -11,6 +11,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::store::Tx;
+use crate::writer::AnyQuery;
 use crate::{MetaStore, Result};
 
 /// An event to record.
@@ -121,6 +122,37 @@ fn placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// The `INSERT INTO events` statement for `n` events, whose values are bound (by
+/// [`bind_events`]) from `$first` on, 13 per event.
+pub(crate) fn events_insert_sql(first: usize, n: usize) -> String {
+    let rows: Vec<String> = (0..n).map(|i| format!("({})", placeholders(first + i * 13, 13))).collect();
+    format!(
+        "INSERT INTO events (created_at, action, repository, digest, tag, media_type, size, from_repository, actor, address, request_id, user_agent, method) VALUES {}",
+        rows.join(", ")
+    )
+}
+
+/// Bind the values of `events` for [`events_insert_sql`], after whatever `q` has bound.
+pub(crate) fn bind_events<'q>(mut q: AnyQuery<'q>, events: &[NewEvent], now: i64) -> AnyQuery<'q> {
+    for e in events {
+        q = q
+            .bind(if e.time_ms > 0 { e.time_ms } else { now })
+            .bind(e.action)
+            .bind(e.repository.as_str())
+            .bind(e.digest.as_deref())
+            .bind(e.tag.as_deref())
+            .bind(e.media_type.as_deref())
+            .bind(e.size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
+            .bind(e.from_repository.as_deref())
+            .bind(e.actor.as_deref())
+            .bind(e.address.as_deref())
+            .bind(e.request_id.as_deref())
+            .bind(e.user_agent.as_deref())
+            .bind(e.method.as_deref());
+    }
+    q
+}
+
 /// Events per multi-row insert (13 parameters each; well under both databases' limits).
 const INSERT_BATCH: usize = 200;
 
@@ -129,50 +161,9 @@ const INSERT_BATCH: usize = 200;
 pub(crate) async fn insert_events(tx: &mut Tx, events: &[NewEvent]) -> Result<()> {
     let now = now_ms();
     for chunk in events.chunks(INSERT_BATCH) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let b = i * 13 + 2;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b,
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8,
-                    b + 9,
-                    b + 10,
-                    b + 11,
-                    b + 12
-                )
-            })
-            .collect();
-        // Only numbered placeholders are generated into the text; every value is bound.
-        let sql = format!(
-            "INSERT INTO events (created_at, action, repository, digest, tag, media_type, size, from_repository, actor, address, request_id, user_agent, method) VALUES {} RETURNING id",
-            rows.join(", ")
-        );
+        let sql = format!("{} RETURNING id", events_insert_sql(2, chunk.len()));
         // $1 is unused by the rows but keeps the numbering uniform with the queue insert.
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(now);
-        for e in chunk {
-            q = q
-                .bind(if e.time_ms > 0 { e.time_ms } else { now })
-                .bind(e.action)
-                .bind(e.repository.as_str())
-                .bind(e.digest.as_deref())
-                .bind(e.tag.as_deref())
-                .bind(e.media_type.as_deref())
-                .bind(e.size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
-                .bind(e.from_repository.as_deref())
-                .bind(e.actor.as_deref())
-                .bind(e.address.as_deref())
-                .bind(e.request_id.as_deref())
-                .bind(e.user_agent.as_deref())
-                .bind(e.method.as_deref());
-        }
+        let q = bind_events(sqlx::query(AssertSqlSafe(sql)).bind(now), chunk, now);
         // Ids are allocated in row order within one statement; sort rather than trust the order
         // RETURNING lists them in.
         let mut ids: Vec<i64> = q.fetch_all(&mut **tx).await?.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
@@ -241,9 +232,8 @@ impl MetaStore {
     /// Delete events older than `before_ms` (epoch milliseconds) that no webhook still has to
     /// deliver. Returns how many went.
     pub async fn prune_events(&self, before_ms: i64) -> Result<u64> {
-        let r = sqlx::query("DELETE FROM events WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM webhook_queue q WHERE q.event_id = events.id)")
-            .bind(before_ms)
-            .execute(&self.write)
+        let r = self
+            .write_one(sqlx::query("DELETE FROM events WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM webhook_queue q WHERE q.event_id = events.id)").bind(before_ms))
             .await?;
         Ok(r.rows_affected())
     }
@@ -253,24 +243,26 @@ impl MetaStore {
     pub async fn claim_webhook_lease(&self, endpoint: &str, owner: &str, ttl: Duration) -> Result<bool> {
         let now = now_ms();
         let until = now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO webhook_leases (endpoint, owner, until) VALUES ($1, $2, 0) ON CONFLICT (endpoint) DO NOTHING")
             .bind(endpoint)
             .bind(owner)
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
         let r = sqlx::query("UPDATE webhook_leases SET owner = $2, until = $3 WHERE endpoint = $1 AND (owner = $2 OR until < $4)")
             .bind(endpoint)
             .bind(owner)
             .bind(until)
             .bind(now)
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(r.rows_affected() > 0)
     }
 
     /// Give up the delivery lease of `endpoint`, if `owner` holds it.
     pub async fn release_webhook_lease(&self, endpoint: &str, owner: &str) -> Result<()> {
-        sqlx::query("UPDATE webhook_leases SET until = 0 WHERE endpoint = $1 AND owner = $2").bind(endpoint).bind(owner).execute(&self.write).await?;
+        self.write_one(sqlx::query("UPDATE webhook_leases SET until = 0 WHERE endpoint = $1 AND owner = $2").bind(endpoint).bind(owner)).await?;
         Ok(())
     }
 

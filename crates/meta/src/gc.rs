@@ -327,6 +327,7 @@ impl MetaStore {
     /// digests may store new copies again.
     pub async fn gc_bytes_deleted(&self, tombstones: &[i64]) -> Result<()> {
         let now = now_ms();
+        let mut tx = self.begin_write().await?;
         for chunk in tombstones.chunks(500) {
             let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!("UPDATE blob_tombstones SET storage_deleted_at = $1 WHERE id IN ({})", placeholders.join(", "));
@@ -334,9 +335,9 @@ impl MetaStore {
             for id in chunk {
                 q = q.bind(*id);
             }
-            q.execute(&self.write).await?;
+            q.execute(&mut *tx).await?;
         }
-        Ok(())
+        tx.commit().await
     }
 
     /// Tombstones whose bytes were not confirmed deleted, written before `before_ms`: left by
@@ -352,7 +353,7 @@ impl MetaStore {
     /// Delete tombstones written before `before_ms` (a push's mark is read moments before it
     /// records its blob, so old tombstones can no longer matter). Returns how many.
     pub async fn gc_prune_tombstones(&self, before_ms: i64) -> Result<u64> {
-        let r = sqlx::query("DELETE FROM blob_tombstones WHERE deleted_at < $1 AND storage_deleted_at IS NOT NULL").bind(before_ms).execute(&self.write).await?;
+        let r = self.write_one(sqlx::query("DELETE FROM blob_tombstones WHERE deleted_at < $1 AND storage_deleted_at IS NOT NULL").bind(before_ms)).await?;
         Ok(r.rows_affected())
     }
 }

@@ -7,7 +7,8 @@
 //! (except manifest documents, which are small and served straight from here).
 //!
 //! On SQLite all writes go through one connection, so write transactions never meet
-//! `SQLITE_BUSY`; reads use a separate pool and, in WAL mode, never wait for writes.
+//! `SQLITE_BUSY`, and their WAL fsyncs happen off it and are shared (`writer`); reads use a
+//! separate pool and, in WAL mode, never wait for writes.
 
 pub(crate) mod events;
 mod fsck;
@@ -16,6 +17,7 @@ mod lifecycle;
 mod quota;
 mod schema;
 mod store;
+mod writer;
 pub mod testsuite;
 pub mod testsuite_policy;
 pub mod testsuite_lifecycle;
@@ -55,6 +57,10 @@ pub enum MetaError {
     /// the blob would add).
     #[error("quota exceeded for {namespace}: limit {limit} bytes, {used} used, {needed} needed")]
     QuotaExceeded { namespace: String, limit: u64, used: u64, needed: u64 },
+    /// On SQLite, syncing the write-ahead log to disk failed: what was written since the last
+    /// successful sync may not be on stable storage, and writes are refused until restart.
+    #[error("database: syncing the metadata WAL failed ({0}); writes are refused until berth is restarted")]
+    SyncFailed(String),
     /// The database holds something this version cannot read.
     #[error("corrupt metadata: {0}")]
     Corrupt(String),

@@ -247,13 +247,15 @@ impl MetaStore {
     /// One tag's manifest and last push time, read from the write side (so a check right
     /// before a deletion sees the latest push).
     pub async fn tag_info(&self, repo: &RepoName, tag: &Tag) -> Result<Option<TagInfo>> {
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT t.name, t.manifest_digest, t.updated_at FROM tags t JOIN repositories r ON r.id = t.repository_id WHERE r.name = $1 AND t.name = $2",
         )
         .bind(repo.as_str())
         .bind(tag.as_str())
-        .fetch_optional(&self.write)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         row.map(|r| Ok(TagInfo { tag: parse(&r, "name")?, digest: parse(&r, "manifest_digest")?, updated_at: r.try_get("updated_at")? })).transpose()
     }
 
@@ -398,7 +400,7 @@ impl MetaStore {
 
     /// What [`MetaStore::gc_delete_untagged`] would delete now, changing nothing (a dry run).
     pub async fn gc_untagged_plan(&self, repo: &RepoName, digest: &Digest, cutoff_ms: i64) -> Result<UntaggedOutcome> {
-        let mut tx: Tx = self.read.begin().await?;
+        let mut tx = Tx::Pool(self.read.begin().await?);
         let Some(row) = sqlx::query("SELECT id FROM repositories WHERE name = $1").bind(repo.as_str()).fetch_optional(&mut *tx).await? else {
             return Ok(UntaggedOutcome::Kept(KeptBecause::Gone));
         };

@@ -140,7 +140,7 @@ async fn count_usage(conn: &mut AnyConnection, ns: &RepoPattern) -> Result<Names
 
 /// The quotas that apply to `repo`, each once, in the order their rows are locked (by pattern,
 /// so two transactions needing the same rows cannot deadlock).
-fn applicable<'a>(quotas: &'a [Quota], repo: &RepoName) -> Vec<&'a Quota> {
+pub(crate) fn applicable<'a>(quotas: &'a [Quota], repo: &RepoName) -> Vec<&'a Quota> {
     let mut mine: Vec<&Quota> = quotas.iter().filter(|q| q.namespace.matches(repo)).collect();
     mine.sort_by(|a, b| a.namespace.cmp(&b.namespace));
     mine.dedup_by(|a, b| a.namespace == b.namespace);

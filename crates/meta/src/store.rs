@@ -2,26 +2,28 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oci::{Digest, RepoName, Tag, UploadId};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use futures::future::BoxFuture;
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
-use crate::events::{NewEvent, insert_events};
+use crate::events::{NewEvent, bind_events, events_insert_sql, insert_events};
+use crate::writer::{AnyQuery, Connect, WriteTx, Writer};
 use crate::schema::{self, Dialect};
 use crate::{MetaError, Result};
 
 /// The metadata database.
 #[derive(Debug, Clone)]
 pub struct MetaStore {
-    /// Pool for reads.
+    /// Pool for reads; on PostgreSQL, for writes too.
     pub(crate) read: AnyPool,
-    /// Pool for writes. For SQLite it has one connection, which serializes writers in-process
-    /// (SQLite allows one writer at a time anyway, and waiting in the pool is cheaper and fairer
-    /// than retrying `SQLITE_BUSY`). For PostgreSQL it is the same pool as `read`.
-    pub(crate) write: AnyPool,
+    /// SQLite's one write connection, which serializes writers in-process (SQLite allows one
+    /// writer at a time anyway, and waiting here is cheaper and fairer than retrying
+    /// `SQLITE_BUSY`), and makes commits durable off the connection (see `meta::writer`).
+    /// `None` on PostgreSQL.
+    pub(crate) writer: Option<Arc<Writer>>,
     pub(crate) dialect: Dialect,
     /// Quotas every link of a blob is charged against (see `meta::quota`); none unless
     /// [`MetaStore::with_quotas`] set them.
@@ -154,27 +156,81 @@ pub(crate) fn to_u64(row: &AnyRow, col: &str) -> Result<u64> {
     u64::try_from(n).map_err(|_| MetaError::Corrupt(format!("{col} is negative")))
 }
 
-pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// A database transaction: a pooled one (PostgreSQL, and read-only snapshots), or one on
+/// SQLite's write connection. Either dereferences to the connection to run
+/// statements on, and is rolled back if dropped without [`Tx::commit`].
+pub(crate) enum Tx {
+    Pool(sqlx::Transaction<'static, sqlx::Any>),
+    Write(WriteTx),
+}
+
+impl Tx {
+    pub(crate) async fn commit(self) -> Result<()> {
+        match self {
+            Tx::Pool(t) => Ok(t.commit().await?),
+            Tx::Write(t) => t.commit().await,
+        }
+    }
+
+    pub(crate) async fn rollback(self) -> Result<()> {
+        match self {
+            Tx::Pool(t) => Ok(t.rollback().await?),
+            Tx::Write(t) => t.rollback().await,
+        }
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        match self {
+            Tx::Pool(t) => t,
+            Tx::Write(t) => t,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        match self {
+            Tx::Pool(t) => t,
+            Tx::Write(t) => t,
+        }
+    }
+}
 
 impl MetaStore {
     /// Open (creating if needed) the SQLite database at `path` and bring its schema up to date.
     pub async fn open_sqlite(path: &Path, synchronous_full: bool) -> Result<MetaStore> {
         sqlx::any::install_default_drivers();
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        let sync = if synchronous_full { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
-        let setup = |read_only: bool| sqlite_setup(read_only, sync);
-        let write = AnyPoolOptions::new().max_connections(1).min_connections(1).after_connect(setup(false)).connect(&url).await?;
-        let store = MetaStore { read: write.clone(), write, dialect: Dialect::Sqlite, quotas: std::sync::Arc::new([]) };
+        let connect = sqlite_writer_connect(url.clone());
+        // With `synchronous: full`, commits wait for a sync of the WAL (see `meta::writer`).
+        let wal = synchronous_full.then(|| {
+            let mut p = path.as_os_str().to_owned();
+            p.push("-wal");
+            std::path::PathBuf::from(p)
+        });
+        let writer = Writer::new(connect, wal).map_err(|e| MetaError::Database(sqlx::Error::Io(e)))?;
+        // The writer first: it creates the file and switches it to WAL before readers open it.
+        writer.begin().await?.rollback().await?;
+        // A local file does not go away: no ping each time a connection is taken.
+        let read = AnyPoolOptions::new()
+            .max_connections(8)
+            .test_before_acquire(false)
+            .after_connect(|conn, _| Box::pin(configure_sqlite(conn, true)))
+            .connect(&url)
+            .await?;
+        let store = MetaStore { read, writer: Some(writer), dialect: Dialect::Sqlite, quotas: std::sync::Arc::new([]) };
         store.migrate().await?;
-        let read = AnyPoolOptions::new().max_connections(8).after_connect(setup(true)).connect(&url).await?;
-        Ok(MetaStore { read, ..store })
+        Ok(store)
     }
 
     /// Connect to PostgreSQL at `url` and bring its schema up to date.
     pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<MetaStore> {
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new().max_connections(max_connections).connect(url).await?;
-        let store = MetaStore { read: pool.clone(), write: pool, dialect: Dialect::Postgres, quotas: std::sync::Arc::new([]) };
+        let store = MetaStore { read: pool, writer: None, dialect: Dialect::Postgres, quotas: std::sync::Arc::new([]) };
         store.migrate().await?;
         Ok(store)
     }
@@ -221,8 +277,10 @@ impl MetaStore {
     }
 
     pub async fn close(&self) {
+        if let Some(w) = &self.writer {
+            w.close().await;
+        }
         self.read.close().await;
-        self.write.close().await;
     }
 
     async fn ensure_repo(tx: &mut Tx, repo: &RepoName) -> Result<i64> {
@@ -273,10 +331,20 @@ impl MetaStore {
     /// locked" when another process (a `berth gc` or `berth fsck` next to the server) wrote in
     /// between, while an immediate one waits for the lock (up to `busy_timeout`).
     pub(crate) async fn begin_write(&self) -> Result<Tx> {
-        Ok(match self.dialect {
-            Dialect::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.write.begin().await?,
+        Ok(match &self.writer {
+            Some(w) => Tx::Write(w.begin().await?),
+            None => Tx::Pool(self.read.begin().await?),
         })
+    }
+
+    /// Run one write statement as a transaction of its own: on SQLite in autocommit mode, one
+    /// round trip to the write connection's worker thread where `BEGIN` and `COMMIT` around it
+    /// would make three (the write connection is the registry's one serialized resource).
+    pub(crate) async fn write_one(&self, q: AnyQuery<'_>) -> Result<sqlx::any::AnyQueryResult> {
+        match &self.writer {
+            Some(w) => w.execute_one(q).await,
+            None => Ok(q.execute(&self.read).await?),
+        }
     }
 
     /// Row-lock clauses: PostgreSQL takes row locks where garbage collection and writers meet;
@@ -311,6 +379,27 @@ impl MetaStore {
         finished_upload: Option<&UploadId>,
         events: &[NewEvent],
     ) -> Result<Dedup> {
+        if from.is_none() {
+            // Most pushes bring blobs the registry does not have yet: find that out with one
+            // read, which neither waits for the write connection nor, on SQLite, for the
+            // commit of a group it would join. (It locks nothing, and needs to lock nothing:
+            // the write transaction below reads the same without locks when the blob is
+            // absent, and `link_new` checks the mark under the lock.)
+            let row = sqlx::query(
+                "SELECT (SELECT size FROM blobs WHERE digest = $1) AS size, \
+                 (SELECT COUNT(*) FROM blob_tombstones WHERE digest = $1 AND storage_deleted_at IS NULL) AS collecting, \
+                 (SELECT COALESCE(MAX(id), 0) FROM blob_tombstones) AS mark",
+            )
+            .bind(digest.as_str())
+            .fetch_one(&self.read)
+            .await?;
+            if row.try_get::<Option<i64>, _>("size")?.is_none() {
+                if row.try_get::<i64, _>("collecting")? > 0 {
+                    return Ok(Dedup::Collecting);
+                }
+                return Ok(Dedup::Absent { mark: row.try_get("mark")? });
+            }
+        }
         let mut tx = self.begin_write().await?;
         let absent = |mark| Ok(Dedup::Absent { mark });
         if let Some(from) = from {
@@ -357,6 +446,13 @@ impl MetaStore {
     /// [`MetaError::Collected`] if a garbage collection deleted this digest since: its storage
     /// delete may have removed the bytes just stored, so recording them would be a lie.
     pub async fn link_new(&self, repo: &RepoName, digest: &Digest, size: u64, mark: Option<i64>, finished_upload: Option<&UploadId>, events: &[NewEvent]) -> Result<()> {
+        if self.dialect == Dialect::Sqlite
+            && crate::quota::applicable(&self.quotas, repo).is_empty()
+            && events.len() <= 16
+            && events.iter().all(|e| e.endpoints.is_empty())
+        {
+            return self.link_new_batched(repo, digest, size, mark, finished_upload, events).await;
+        }
         let mut tx = self.begin_write().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
         sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
@@ -368,10 +464,14 @@ impl MetaStore {
         if let Some(mark) = mark {
             // The insert does not wait when the row exists (PostgreSQL's ON CONFLICT DO
             // NOTHING takes no lock): share-lock it, so that a collection holding it has
-            // committed (row gone: collected) or must wait for us and then see our link.
-            let q = format!("SELECT 1 AS x FROM blobs WHERE digest = $1{}", self.for_share());
-            if sqlx::query(AssertSqlSafe(q)).bind(digest.as_str()).fetch_optional(&mut *tx).await?.is_none() {
-                return Err(MetaError::Collected(digest.to_string()));
+            // committed (row gone: collected) or must wait for us and then see our link. (On
+            // SQLite no other writer runs until we commit: the row the insert found or made
+            // is there.)
+            if self.dialect == Dialect::Postgres {
+                let q = format!("SELECT 1 AS x FROM blobs WHERE digest = $1{}", self.for_share());
+                if sqlx::query(AssertSqlSafe(q)).bind(digest.as_str()).fetch_optional(&mut *tx).await?.is_none() {
+                    return Err(MetaError::Collected(digest.to_string()));
+                }
             }
             // After the lock: a collection of this digest has committed its tombstone (or not begun).
             let collected = sqlx::query("SELECT 1 AS x FROM blob_tombstones WHERE digest = $1 AND id > $2")
@@ -392,6 +492,46 @@ impl MetaStore {
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// [`MetaStore::link_new`] on SQLite, without quotas or webhook deliveries to queue: every
+    /// statement in one batch, sent to SQLite's worker thread at once. The write connection is
+    /// the registry's one serialized resource, and each round trip to it while a transaction
+    /// holds it (a wake-up of the worker, then of the waiting task) costs more than the
+    /// statement; this makes three (`BEGIN`, the batch, `COMMIT`) of what were eight. Without
+    /// other writers, the checks need no order: a collection found by the first statement
+    /// rolls everything back.
+    async fn link_new_batched(&self, repo: &RepoName, digest: &Digest, size: u64, mark: Option<i64>, finished_upload: Option<&UploadId>, events: &[NewEvent]) -> Result<()> {
+        let now = now_ms();
+        let mut sql = String::from(
+            "SELECT COUNT(*) AS collected FROM blob_tombstones WHERE digest = $2 AND id > $4; \
+             INSERT INTO repositories (name, created_at) VALUES ($1, $5) ON CONFLICT (name) DO NOTHING; \
+             INSERT INTO blobs (digest, size, created_at) VALUES ($2, $3, $5) ON CONFLICT (digest) DO NOTHING; \
+             INSERT INTO repository_blobs (repository_id, digest, created_at, used_at) VALUES ((SELECT id FROM repositories WHERE name = $1), $2, $5, $5) \
+             ON CONFLICT (repository_id, digest) DO UPDATE SET used_at = excluded.used_at; \
+             DELETE FROM uploads WHERE id = $6",
+        );
+        if !events.is_empty() {
+            sql.push_str("; ");
+            sql.push_str(&events_insert_sql(7, events.len()));
+        }
+        let q = sqlx::query(AssertSqlSafe(sql))
+            .bind(repo.as_str())
+            .bind(digest.as_str())
+            .bind(to_i64(size))
+            // Without a mark, no tombstone counts.
+            .bind(mark.unwrap_or(i64::MAX))
+            .bind(now)
+            .bind(finished_upload.map(UploadId::as_str));
+        let q = bind_events(q, events, now);
+        let mut tx = self.begin_write().await?;
+        let rows = q.fetch_all(&mut *tx).await?;
+        let collected: i64 = rows.first().ok_or_else(|| MetaError::Corrupt("the tombstone count returned no row".into()))?.try_get("collected")?;
+        if collected > 0 {
+            tx.rollback().await?;
+            return Err(MetaError::Collected(digest.to_string()));
+        }
+        tx.commit().await
     }
 
     /// Create the link, or mark an existing one used now (which restarts its grace period).
@@ -751,15 +891,16 @@ impl MetaStore {
 
     pub async fn create_upload(&self, id: &UploadId, repo: &RepoName, hash_state: &[u8]) -> Result<()> {
         let now = now_ms();
-        sqlx::query(
-            "INSERT INTO uploads (id, repository, byte_offset, hash_state, driver_state, created_at, updated_at) VALUES ($1, $2, 0, $3, $4, $5, $5)",
+        self.write_one(
+            sqlx::query(
+                "INSERT INTO uploads (id, repository, byte_offset, hash_state, driver_state, created_at, updated_at) VALUES ($1, $2, 0, $3, $4, $5, $5)",
+            )
+            .bind(id.as_str())
+            .bind(repo.as_str())
+            .bind(hash_state.to_vec())
+            .bind(Vec::<u8>::new())
+            .bind(now),
         )
-        .bind(id.as_str())
-        .bind(repo.as_str())
-        .bind(hash_state)
-        .bind(&[][..])
-        .bind(now)
-        .execute(&self.write)
         .await?;
         Ok(())
     }
@@ -774,17 +915,17 @@ impl MetaStore {
 
     /// Record a stored chunk. Fails with `Conflict` if the session moved or vanished meanwhile.
     pub async fn update_upload(&self, u: &UploadUpdate<'_>) -> Result<()> {
-        let r = sqlx::query(
-            "UPDATE uploads SET byte_offset = $2, hash_state = $3, driver_state = $4, updated_at = $5 WHERE id = $1 AND byte_offset = $6",
-        )
-        .bind(u.id.as_str())
-        .bind(to_i64(u.offset))
-        .bind(u.hash_state)
-        .bind(u.driver_state)
-        .bind(now_ms())
-        .bind(to_i64(u.expected_offset))
-        .execute(&self.write)
-        .await?;
+        let r = self
+            .write_one(
+                sqlx::query("UPDATE uploads SET byte_offset = $2, hash_state = $3, driver_state = $4, updated_at = $5 WHERE id = $1 AND byte_offset = $6")
+                    .bind(u.id.as_str())
+                    .bind(to_i64(u.offset))
+                    .bind(u.hash_state.to_vec())
+                    .bind(u.driver_state.to_vec())
+                    .bind(now_ms())
+                    .bind(to_i64(u.expected_offset)),
+            )
+            .await?;
         if r.rows_affected() == 0 {
             return Err(MetaError::Conflict);
         }
@@ -792,7 +933,7 @@ impl MetaStore {
     }
 
     pub async fn delete_upload(&self, id: &UploadId) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id.as_str()).execute(&self.write).await?;
+        let r = self.write_one(sqlx::query("DELETE FROM uploads WHERE id = $1").bind(id.as_str())).await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -916,40 +1057,46 @@ fn upload_from_row(r: &AnyRow) -> Result<UploadSession> {
     })
 }
 
-/// Per-connection SQLite settings.
-fn sqlite_setup(
-    read_only: bool,
-    synchronous: &'static str,
-) -> impl for<'c> Fn(&'c mut sqlx::AnyConnection, sqlx::pool::PoolConnectionMetadata) -> BoxFuture<'c, Result<(), sqlx::Error>> + Send + Sync + 'static
-{
-    move |conn, _meta| {
+/// Opens SQLite's write connection at `url`, configured.
+pub(crate) fn sqlite_writer_connect(url: String) -> Connect {
+    Arc::new(move || {
+        let url = url.clone();
         Box::pin(async move {
-            // WAL: readers never block the writer nor each other. busy_timeout covers the
-            // checkpointer and other processes (berth CLI commands) sharing the file.
-            conn.execute("PRAGMA journal_mode = WAL").await?;
-            conn.execute(synchronous).await?;
-            conn.execute("PRAGMA busy_timeout = 10000").await?;
-            conn.execute("PRAGMA foreign_keys = ON").await?;
-            // Statement journals (a multi-row statement inside a transaction keeps one, to
-            // undo just that statement) and sort spills stay in memory: as files, SQLite
-            // creates and unlinks one per statement, which cost garbage collection, whose
-            // batches are such statements, a sixth of its time.
-            conn.execute("PRAGMA temp_store = MEMORY").await?;
-            if read_only {
-                conn.execute("PRAGMA query_only = ON").await?;
-            } else {
-                // Every write of the process runs here: a page cache larger than SQLite's
-                // default 2 MiB keeps the indexes a write walks in memory rather than re-read
-                // from the operating system, statement after statement (it grows only as
-                // pages are used).
-                conn.execute("PRAGMA cache_size = -16384").await?;
-                // Checkpoint every 32 MiB of WAL, not SQLite's 4 MiB: a page written by many
-                // transactions in between (index interiors, hot leaves) is copied into the
-                // database once per checkpoint, and a garbage collection's batches otherwise
-                // spent a fifth of their time checkpointing.
-                conn.execute("PRAGMA wal_autocheckpoint = 8192").await?;
-            }
-            Ok(())
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await?;
+            configure_sqlite(&mut conn, false).await?;
+            Ok(conn)
         })
+    })
+}
+
+/// Per-connection SQLite settings.
+async fn configure_sqlite(conn: &mut sqlx::AnyConnection, read_only: bool) -> Result<(), sqlx::Error> {
+    // WAL: readers never block the writer nor each other. busy_timeout covers the
+    // checkpointer and other processes (berth CLI commands) sharing the file.
+    conn.execute("PRAGMA journal_mode = WAL").await?;
+    // Commits write the WAL without syncing it; `meta::writer` syncs it when durability is
+    // asked for (`synchronous: full`), off the write connection.
+    conn.execute("PRAGMA synchronous = NORMAL").await?;
+    conn.execute("PRAGMA busy_timeout = 10000").await?;
+    conn.execute("PRAGMA foreign_keys = ON").await?;
+    // Statement journals (a multi-row statement inside a transaction keeps one, to
+    // undo just that statement) and sort spills stay in memory: as files, SQLite
+    // creates and unlinks one per statement, which cost garbage collection, whose
+    // batches are such statements, a sixth of its time.
+    conn.execute("PRAGMA temp_store = MEMORY").await?;
+    if read_only {
+        conn.execute("PRAGMA query_only = ON").await?;
+    } else {
+        // Every write of the process runs here: a page cache larger than SQLite's
+        // default 2 MiB keeps the indexes a write walks in memory rather than re-read
+        // from the operating system, statement after statement (it grows only as
+        // pages are used).
+        conn.execute("PRAGMA cache_size = -16384").await?;
+        // Checkpoint every 32 MiB of WAL, not SQLite's 4 MiB: a page written by many
+        // transactions in between (index interiors, hot leaves) is copied into the
+        // database once per checkpoint, and a garbage collection's batches otherwise
+        // spent a fifth of their time checkpointing.
+        conn.execute("PRAGMA wal_autocheckpoint = 8192").await?;
     }
+    Ok(())
 }

@@ -184,7 +184,7 @@ pub async fn run_untagged_gc(m: &MetaStore) {
     let cutoff = now - 7 * DAY;
     // Pushed (and, with NULL, never untagged since) 30 days ago.
     let age = |d: Digest| async move {
-        sqlx::query("UPDATE manifests SET created_at = $1, untagged_at = NULL WHERE digest = $2").bind(now - 30 * DAY).bind(d.as_str()).execute(&m.write).await.expect("age");
+        m.write_one(sqlx::query("UPDATE manifests SET created_at = $1, untagged_at = NULL WHERE digest = $2").bind(now - 30 * DAY).bind(d.as_str())).await.expect("age");
     };
     let candidates = || async {
         let mut all = Vec::new();
