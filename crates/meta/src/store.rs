@@ -598,6 +598,16 @@ impl MetaStore {
     /// [`MetaError::ImmutableTag`] and changes nothing. Decided by the tag upsert itself, so
     /// two writers racing on a new immutable tag cannot both win.
     pub async fn put_manifest_guarded(&self, repo: &RepoName, m: &NewManifest<'_>, tags: &[Tag], immutable: &[Tag], events: &[NewEvent]) -> Result<()> {
+        if self.dialect == Dialect::Sqlite
+            && m.children.is_empty()
+            && immutable.is_empty()
+            && m.blobs.len() <= 1000
+            && tags.len() <= 100
+            && events.len() <= 16
+            && events.iter().all(|e| e.endpoints.is_empty())
+        {
+            return self.put_manifest_batched(repo, m, tags, events).await;
+        }
         let mut tx = self.begin_write().await?;
         let repo_id = Self::ensure_repo(&mut tx, repo).await?;
         // Share-locked (PostgreSQL): a collection of one of these links waits for this
@@ -672,6 +682,89 @@ impl MetaStore {
         insert_events(&mut tx, events).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// [`MetaStore::put_manifest_guarded`] on SQLite for an image manifest (no children, no
+    /// immutable tags, no webhook deliveries to queue): every statement in one batch, as
+    /// [`MetaStore::link_new_batched`] does and for the same reason. A missing blob found by
+    /// the batch's one query rolls everything back.
+    async fn put_manifest_batched(&self, repo: &RepoName, m: &NewManifest<'_>, tags: &[Tag], events: &[NewEvent]) -> Result<()> {
+        const REPO: &str = "(SELECT id FROM repositories WHERE name = $1)";
+        let mut blobs: Vec<&str> = m.blobs.iter().map(|d| d.as_str()).collect();
+        blobs.sort_unstable();
+        blobs.dedup();
+        let mut tags: Vec<&str> = tags.iter().map(Tag::as_str).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        // $1-$8 below, then the blobs, the tags and the events' values. Only numbered
+        // placeholders are generated into the text; every value is bound.
+        let (first_blob, first_tag) = (9, 9 + blobs.len());
+        let first_event = first_tag + tags.len();
+        let list = |first: usize, n: usize| (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>();
+        let mut sql = vec!["INSERT INTO repositories (name, created_at) VALUES ($1, $8) ON CONFLICT (name) DO NOTHING".to_owned()];
+        if !blobs.is_empty() {
+            let values: Vec<String> = list(first_blob, blobs.len()).iter().map(|p| format!("({p})")).collect();
+            sql.push(format!(
+                "WITH w(d) AS (VALUES {}) SELECT d AS missing FROM w WHERE NOT EXISTS \
+                 (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = {REPO} AND rb.digest = w.d) ORDER BY d LIMIT 1",
+                values.join(", ")
+            ));
+        }
+        sql.push(format!(
+            "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, content, created_at) \
+             VALUES ({REPO}, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (repository_id, digest) DO NOTHING"
+        ));
+        if tags.is_empty() {
+            // Pushed again untagged: its age for `gc.untagged` counts from now, like a new
+            // one's. `changes()` is the insert's just before: 0 when the manifest was there.
+            sql.push(format!("UPDATE manifests SET untagged_at = $8 WHERE repository_id = {REPO} AND digest = $2 AND changes() = 0"));
+        }
+        if !blobs.is_empty() {
+            // When the manifest was there already, so are these rows: nothing is inserted.
+            let rows: Vec<String> = list(first_blob, blobs.len()).iter().map(|p| format!("({REPO}, $2, {p})")).collect();
+            sql.push(format!("INSERT INTO manifest_blobs (repository_id, manifest_digest, blob_digest) VALUES {} ON CONFLICT DO NOTHING", rows.join(", ")));
+        }
+        if !tags.is_empty() {
+            sql.push(format!(
+                "UPDATE manifests SET untagged_at = $8 WHERE repository_id = {REPO} AND digest <> $2 AND digest IN \
+                 (SELECT manifest_digest FROM tags WHERE repository_id = {REPO} AND name IN ({}))",
+                list(first_tag, tags.len()).join(", ")
+            ));
+            for p in list(first_tag, tags.len()) {
+                sql.push(format!(
+                    "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ({REPO}, {p}, $2, $8) \
+                     ON CONFLICT (repository_id, name) DO UPDATE SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at"
+                ));
+            }
+        }
+        if !events.is_empty() {
+            sql.push(events_insert_sql(first_event, events.len()));
+        }
+        let now = now_ms();
+        let mut q = sqlx::query(AssertSqlSafe(sql.join("; ")))
+            .bind(repo.as_str())
+            .bind(m.digest.as_str())
+            .bind(m.media_type)
+            .bind(m.artifact_type)
+            .bind(m.subject.map(Digest::as_str))
+            .bind(m.annotations.as_deref())
+            .bind(m.content)
+            .bind(now);
+        for d in &blobs {
+            q = q.bind(*d);
+        }
+        for t in &tags {
+            q = q.bind(*t);
+        }
+        let q = bind_events(q, events, now);
+        let mut tx = self.begin_write().await?;
+        let rows = q.fetch_all(&mut *tx).await?;
+        if let Some(row) = rows.first() {
+            let missing: String = row.try_get("missing")?;
+            tx.rollback().await?;
+            return Err(MetaError::MissingBlob(missing));
+        }
+        tx.commit().await
     }
 
     /// The first of `digests` with no row in `table` for the repository, in one query.
