@@ -72,10 +72,10 @@ fn parse_digest(s: &str) -> Result<Digest> {
 impl MetaStore {
     /// How many rows a collection should change per transaction. On SQLite every write of the
     /// process goes through one connection in turn, so a push's write waits behind at most one
-    /// collection transaction. The set-based statements of that path change 500 rows in a few
-    /// milliseconds, about what the commit's WAL fsync costs (with `synchronous = FULL`), so
-    /// fewer, larger transactions hold the connection for less in all. On PostgreSQL row locks
-    /// let them run side by side, row by row: smaller ones.
+    /// collection transaction: a few milliseconds at 100 rows with the set-based statements of
+    /// that path. (50 rows kept a concurrent load a little better but made the collection of
+    /// 50,000 blobs under load take 55 s instead of 51; see `docs/benchmarks.md`.) On
+    /// PostgreSQL row locks let them run side by side, row by row: smaller ones.
     pub fn gc_rows_per_transaction(&self) -> usize {
         match self.dialect {
             Dialect::Sqlite => 100,
