@@ -123,7 +123,8 @@ fn placeholders(first: usize, n: usize) -> String {
 }
 
 /// The `INSERT INTO events` statement for `n` events, whose values are bound (by
-/// [`bind_events`]) from `$first` on, 13 per event.
+/// [`bind_events`]) from `$first` on, 13 per event. Only numbered placeholders are generated
+/// into the text; every value is bound.
 pub(crate) fn events_insert_sql(first: usize, n: usize) -> String {
     let rows: Vec<String> = (0..n).map(|i| format!("({})", placeholders(first + i * 13, 13))).collect();
     format!(

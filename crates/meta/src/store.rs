@@ -381,8 +381,8 @@ impl MetaStore {
     ) -> Result<Dedup> {
         if from.is_none() {
             // Most pushes bring blobs the registry does not have yet: find that out with one
-            // read, which neither waits for the write connection nor, on SQLite, for the
-            // commit of a group it would join. (It locks nothing, and needs to lock nothing:
+            // read, which neither waits for the write connection nor, on SQLite, for a WAL
+            // sync. (It locks nothing, and needs to lock nothing:
             // the write transaction below reads the same without locks when the blob is
             // absent, and `link_new` checks the mark under the lock.)
             let row = sqlx::query(
