@@ -620,21 +620,12 @@ impl MetaStore {
             return Err(MetaError::MissingManifest(missing));
         }
         let now = now_ms();
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject, annotations, content, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (repository_id, digest) DO NOTHING",
         )
-        .bind(repo_id)
-        .bind(m.digest.as_str())
-        .bind(m.media_type)
-        .bind(m.artifact_type)
-        .bind(m.subject.map(Digest::as_str))
-        .bind(m.annotations.as_deref())
-        .bind(m.content)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .bind(repo_id);
+        let inserted = bind_manifest(insert, m).bind(now).execute(&mut *tx).await?.rows_affected();
         if inserted > 0 {
             Self::insert_refs(&mut tx, "manifest_blobs", "manifest_digest", "blob_digest", repo_id, m.digest, &m.blobs).await?;
             Self::insert_refs(&mut tx, "manifest_children", "parent_digest", "child_digest", repo_id, m.digest, &m.children).await?;
@@ -741,15 +732,7 @@ impl MetaStore {
             sql.push(events_insert_sql(first_event, events.len()));
         }
         let now = now_ms();
-        let mut q = sqlx::query(AssertSqlSafe(sql.join("; ")))
-            .bind(repo.as_str())
-            .bind(m.digest.as_str())
-            .bind(m.media_type)
-            .bind(m.artifact_type)
-            .bind(m.subject.map(Digest::as_str))
-            .bind(m.annotations.as_deref())
-            .bind(m.content)
-            .bind(now);
+        let mut q = bind_manifest(sqlx::query(AssertSqlSafe(sql.join("; "))).bind(repo.as_str()), m).bind(now);
         for d in &blobs {
             q = q.bind(*d);
         }
@@ -1148,6 +1131,12 @@ fn upload_from_row(r: &AnyRow) -> Result<UploadSession> {
         driver_state: r.try_get("driver_state")?,
         updated_at: UNIX_EPOCH + Duration::from_millis(u64::try_from(updated).unwrap_or(0)),
     })
+}
+
+/// Bind a manifest's values in the column order both manifest inserts use: digest, media
+/// type, artifact type, subject, annotations, content.
+fn bind_manifest<'q>(q: AnyQuery<'q>, m: &NewManifest<'_>) -> AnyQuery<'q> {
+    q.bind(m.digest.as_str()).bind(m.media_type).bind(m.artifact_type).bind(m.subject.map(Digest::as_str)).bind(m.annotations.as_deref()).bind(m.content)
 }
 
 /// Opens SQLite's write connection at `url`, configured.
