@@ -237,6 +237,20 @@ impl MetaStore {
 
     /// Apply the migrations the database has not seen, each in its own transaction.
     pub async fn migrate(&self) -> Result<()> {
+        let Some(writer) = &self.writer else {
+            return self.migrate_each().await;
+        };
+        // SQLite changes a table's definition by building a new table and dropping the old one,
+        // which foreign keys forbid while other tables reference it; they cannot be switched off
+        // inside a transaction. So they are off on the write connection while migrations run,
+        // and each migration checks them all before it commits.
+        writer.execute_one(sqlx::query("PRAGMA foreign_keys = OFF")).await?;
+        let result = self.migrate_each().await;
+        writer.execute_one(sqlx::query("PRAGMA foreign_keys = ON")).await?;
+        result
+    }
+
+    async fn migrate_each(&self) -> Result<()> {
         loop {
             let mut tx = self.begin_write().await?;
             if self.dialect == Dialect::Postgres {
@@ -257,6 +271,12 @@ impl MetaStore {
             }
             for stmt in schema::statements(self.dialect, version) {
                 tx.execute(AssertSqlSafe(stmt)).await?;
+            }
+            if self.dialect == Dialect::Sqlite {
+                let broken = sqlx::query("PRAGMA foreign_key_check").fetch_all(&mut *tx).await?;
+                if !broken.is_empty() {
+                    return Err(MetaError::Corrupt(format!("migration {} would leave {} rows without the row they reference", version + 1, broken.len())));
+                }
             }
             sqlx::query("INSERT INTO berth_schema (version) VALUES ($1)").bind(to_i64(version as u64 + 1)).execute(&mut *tx).await?;
             tx.commit().await?;
