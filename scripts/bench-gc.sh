@@ -16,9 +16,11 @@
 # BENCH_BIN=path/to/berth uses that binary instead of building target/release/berth.
 #
 # Each mode gets a freshly filled server. During the collection the load runs round after
-# round until the collection ends, so every phase of it is sampled; each round is reported
-# against the load alone. Servers get fresh data directories and free ports and are stopped
-# by PID on exit.
+# round until the collection ends, so every phase of it is sampled. The load alone runs once
+# before the collection and once after it, and each round is reported against the mean of the
+# two: on a shared machine the rate of one run of the load alone drifts by a fifth from one
+# minute to the next, and bracketing the collection keeps that drift out of the percentages.
+# Servers get fresh data directories and free ports and are stopped by PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -47,8 +49,9 @@ now_s() { date +%s.%N; }
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(now_s)"; }
 machine() { echo "  machine: $(uptime | sed 's/.*load average/load average/'); compilers running: $(pgrep -c -x rustc || true)"; }
 
-# Compare load rounds (files of `berth bench` lines) against the baseline file: ops/s and %.
-compare() { # BASELINE ROUND...
+# Compare load rounds (files of `berth bench` lines) against the mean of the two baseline
+# files (the load alone before and after the collection): ops/s and %.
+compare() { # BEFORE AFTER ROUND...
     python3 - "$@" <<'PY'
 import re, sys
 def figures(path):
@@ -58,15 +61,17 @@ def figures(path):
         if len(parts) >= 2 and parts[1].split():
             out[parts[0]] = float(parts[1].split()[0])
     return out
-base = figures(sys.argv[1])
-rounds = [figures(p) for p in sys.argv[2:]]
-for name, b in base.items():
+before, after = figures(sys.argv[1]), figures(sys.argv[2])
+rounds = [figures(p) for p in sys.argv[3:]]
+for name, b0 in before.items():
     vals = [r[name] for r in rounds if name in r]
-    if not vals:
+    if not vals or name not in after:
         continue
+    b1 = after[name]
+    b = (b0 + b1) / 2
     pct = [100 * v / b for v in vals]
     each = ", ".join(f"{v:.1f} ({p:.0f}%)" for v, p in zip(vals, pct))
-    print(f"  {name:<22} alone {b:.1f}; during: {each}; mean {sum(pct) / len(pct):.0f}%, min {min(pct):.0f}%")
+    print(f"  {name:<22} alone {b0:.1f} before, {b1:.1f} after (mean {b:.1f}); during: {each}; mean {sum(pct) / len(pct):.0f}%, min {min(pct):.0f}%")
 PY
 }
 
@@ -83,9 +88,9 @@ for mode in $MODES; do
         "$BIN" bench --url "http://127.0.0.1:$bp" --pid "$berth_pid" --label "$1" --only manifest-get,blob-head,push-small --duration "$LOAD_DURATION" --images 150 \
             | grep -E "^  (small-image push|manifest GET|blob HEAD)"
     }
-    echo "== berth ($mode mode): load alone"
+    echo "== berth ($mode mode): load alone, before the collection"
     machine
-    load "berth load, no collection" | tee "$work/base-$mode"
+    load "berth load, no collection" | tee "$work/before-$mode"
     echo "== berth ($mode mode): collection (grace 0s) with the same load running, round after round"
     machine
     t0=$(now_s)
@@ -108,8 +113,10 @@ for mode in $MODES; do
     wait "$gc_pid" || { cat "$work/gc.err" >&2; echo "berth gc failed" >&2; exit 1; }
     echo "  berth gc ($mode): $(tr '\n' ' ' <"$work/gc.out")(wall $(since "$t0") s from start to end, the load ran alongside)"
     machine
-    echo "  load during the collection against the load alone:"
-    compare "$work/base-$mode" "${rounds[@]}"
+    echo "== berth ($mode mode): load alone, after the collection"
+    load "berth load, no collection (after)" | tee "$work/after-$mode"
+    echo "  load during the collection against the load alone (the mean of before and after):"
+    compare "$work/before-$mode" "$work/after-$mode" "${rounds[@]}"
     t0=$(now_s)
     if [ "$mode" = process ]; then "$BIN" gc --data-dir "$data" --grace 0s >/dev/null 2>&1; else "$BIN" gc --url "http://127.0.0.1:$bp" --grace 0s >/dev/null 2>&1; fi
     echo "  a second collection with nothing left: $(since "$t0") s"
